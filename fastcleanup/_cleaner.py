@@ -1,0 +1,605 @@
+"""The Cleaner: submit -> queue -> dispatcher -> batch worker -> task -> counters.
+
+The whole path is in this file, in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any, Final
+
+from . import _lifecycle
+from ._executor import DaemonExecutor
+from ._paths import Refused, Roots, UnlinkJob, remove_tree_confined
+from ._tally import Stats, Tally, count_value
+from ._tasks import CleanupTask, RemoveFile, RemoveTree, current_executor
+
+__all__ = ["Cleaner"]
+
+logger = logging.getLogger("fastcleanup")
+
+_DONE: Final = object()  # marks a finished slot in a batch (a task itself may be None)
+_INVALID: Final = "invalid"
+
+
+class _State(enum.Enum):
+    STOPPED = "stopped"  # before init_worker, after shutdown(): submit drops and counts
+    RUNNING = "running"  # accepting; queued work runs while the loop lives
+    EXITED = "exited"  # the interpreter is exiting: submit counts the task as dropped at exit
+
+
+class _Batch:
+    """Up to ``batch_size`` tasks handed to one worker; finished slots become ``_DONE``."""
+
+    __slots__ = ("abandoned", "expired", "first_seq", "job", "loop", "seen_at", "tasks", "worker")
+
+    def __init__(
+        self, tasks: list[Any], first_seq: int, seen_at: float, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.tasks = tasks
+        self.first_seq = first_seq
+        self.seen_at = seen_at
+        self.loop = loop
+        self.expired = False  # the batch deadline passed: cancelled children count as timeouts
+        self.abandoned = False  # its tasks were taken back; the worker must not count them
+        self.job: UnlinkJob | None = None
+        self.worker: asyncio.Task[None] | None = None
+
+    def unfinished(self) -> list[Any]:
+        return [t for t in self.tasks if t is not _DONE]
+
+
+class Cleaner:
+    """Runs cleanup tasks handed over from anywhere on one asyncio loop.
+
+    >>> async with fc.Cleaner(allowed_roots=["/var/crawl"]) as cleaner:
+    ...     cleaner.submit(fc.RemoveFile("/var/crawl/tmp/page.html"))
+    ...     await cleaner.drain()
+
+    ``batch_size`` tasks at most go to one worker; ``task_timeout`` seconds
+    bound each cleanup; at most ``max_batches`` batches run at once (the rest
+    wait in the queue); file and tree removals run on ``io_threads`` daemon
+    threads of the cleaner's own; ``exit_timeout`` bounds the removals run
+    synchronously at interpreter exit. ``registry`` is the
+    ``prometheus_client`` registry to export to (``None``: none).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_accepting",
+        "_append",
+        "_batch_size",
+        "_batches",
+        "_capacity",
+        "_dispatcher",
+        "_dispatcher_loop",
+        "_drain_waiters",
+        "_executor",
+        "_exit_timeout",
+        "_idle",
+        "_io_threads",
+        "_loop",
+        "_marks",
+        "_max_batches",
+        "_name",
+        "_queue",
+        "_roots",
+        "_state",
+        "_taken",
+        "_tally",
+        "_task_timeout",
+        "_waiter",
+        "_wake_pending",
+        "in_flight",
+    )
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        task_timeout: float = 60.0,
+        allowed_roots: Iterable[str | os.PathLike[str]] | None = None,
+        registry: Any = _lifecycle.DEFAULT_REGISTRY,
+        *,
+        name: str | None = None,
+        max_batches: int = 4,
+        io_threads: int = 2,
+        exit_timeout: float = 5.0,
+    ) -> None:
+        _check_int("batch_size", batch_size, 1, 65536)
+        _check_int("max_batches", max_batches, 1, 4096)
+        _check_int("io_threads", io_threads, 1, 256)
+        _check_seconds("task_timeout", task_timeout)
+        _check_seconds("exit_timeout", exit_timeout)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        self._batch_size = batch_size
+        self._task_timeout = float(task_timeout)
+        self._max_batches = max_batches
+        self._io_threads = io_threads
+        self._exit_timeout = float(exit_timeout)
+        self._roots = None if allowed_roots is None else Roots(allowed_roots)
+        self._name = name or f"cleaner-{_lifecycle.next_id()}"
+        self._executor: DaemonExecutor | None = None
+        self._reset()
+        _lifecycle.track(self)
+        if registry is not None:
+            from .metrics import register
+
+            register(self, registry)
+
+    def _reset(self) -> None:
+        """Start from nothing: construction, and the child after fork()."""
+        self._state = _State.STOPPED
+        self._accepting = False
+        self._queue: deque[Any] = deque()
+        self._append = self._queue.append
+        self._tally = Tally()
+        self._idle = False
+        self._wake_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._dispatcher_loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._capacity: asyncio.Future[None] | None = None
+        self._batches: set[_Batch] = set()
+        self._drain_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._marks: deque[tuple[int, float]] = deque()
+        self._taken = 0
+        self.in_flight = 0
+        self._executor = None  # a forked child has none of the parent's threads
+
+    def __repr__(self) -> str:
+        return (
+            f"<Cleaner {self._name} {self._state.value} queued={len(self._queue)} "
+            f"in_flight={self.in_flight}>"
+        )
+
+    @property
+    def name(self) -> str:
+        """The ``cleaner`` label of this cleaner's metrics."""
+        return self._name
+
+    # -- submit: any thread, any context -------------------------------------------
+
+    def submit(self, task: CleanupTask) -> None:
+        """Hand ``task`` over; it runs on the cleaner's loop.
+
+        Never raises and never blocks: safe in ``__del__``, ``weakref.finalize``
+        callbacks, signal handlers and other threads. The hot path is one
+        flag test, one C-level count, one ``deque.append`` (all re-entrant)
+        and, only when the dispatcher sleeps, one wakeup.
+        """
+        try:
+            if self._accepting:
+                next(self._tally.submitted)
+                self._append(task)
+                if self._idle:
+                    self._wake()
+            else:
+                self._refuse(task)
+        except Exception:  # submit must never raise; only MemoryError could get here
+            pass
+
+    def _wake(self) -> None:
+        # Runs once per idle->busy transition, not per task: a burst wakes the
+        # loop once. Clearing _idle first lets the other producers skip this.
+        self._idle = False
+        loop = self._loop
+        try:
+            loop.call_soon_threadsafe(self._on_wake)  # type: ignore[union-attr]
+        except (RuntimeError, AttributeError):
+            pass  # the loop is closed: the task stays queued for the next init_worker()
+
+    def _refuse(self, task: object) -> None:
+        kind = _kind_or_invalid(task)
+        if self._state is _State.EXITED:
+            next(self._tally.submitted)
+            self._tally.drop_at_exit(kind)
+        else:
+            self._tally.drop_before_init(kind)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def init_worker(self) -> Cleaner:
+        """Start the dispatcher on the running loop; idempotent and cheap once warm.
+
+        Call it at startup (or on every hot entry point: it costs one
+        comparison once the dispatcher runs). On a new loop it adopts what a
+        dead loop left unfinished.
+        """
+        loop = asyncio.get_running_loop()
+        if self._dispatcher_loop is loop:
+            return self
+        old = self._loop
+        if (
+            old is not None
+            and old is not loop
+            and self._dispatcher_loop is old
+            and old.is_running()
+            and not old.is_closed()
+        ):
+            raise RuntimeError(
+                f"{self!r} runs on another loop that is still running; call shutdown() "
+                "there first, or use one Cleaner per loop"
+            )
+        self._adopt(loop)
+        if self._executor is None:
+            self._executor = DaemonExecutor(self._io_threads, name=f"fastcleanup-{self._name}")
+        self._loop = loop
+        self._state = _State.RUNNING
+        self._idle = False
+        self._dispatcher_loop = loop
+        self._dispatcher = loop.create_task(self._dispatch(), name=f"fastcleanup-{self._name}")
+        self._accepting = True
+        return self
+
+    def worker_inited(self) -> bool:
+        """True from ``init_worker()`` until ``shutdown()``, even while its loop is dead."""
+        return self._state is _State.RUNNING
+
+    def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Take back the unfinished tasks of batches whose loop is gone."""
+        for batch in [b for b in self._batches if b.loop is not loop]:
+            self._requeue(batch)
+
+    def _requeue(self, batch: _Batch) -> None:
+        if batch.abandoned:
+            return
+        batch.abandoned = True
+        if batch.job is not None:
+            batch.job.stop = True
+        rest = batch.unfinished()
+        self._queue.extendleft(reversed(rest))
+        self._taken -= len(rest)
+        self.in_flight -= len(rest)
+        self._batches.discard(batch)
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every task accepted before this call has finished.
+
+        Returns False if ``timeout`` seconds passed first.
+        """
+        target = count_value(self._tally.submitted)
+        if self._drained(target):
+            return True
+        loop = asyncio.get_running_loop()
+        if self._dispatcher_loop is not loop:
+            raise RuntimeError(
+                f"{self!r} has {target - self._taken + self.in_flight} tasks pending but no "
+                "dispatcher on this loop: call init_worker() first"
+            )
+        fut: asyncio.Future[None] = loop.create_future()
+        entry = (target, fut)
+        self._drain_waiters.append(entry)
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            if entry in self._drain_waiters:
+                self._drain_waiters.remove(entry)
+
+    def _drained(self, target: int) -> bool:
+        return self._taken >= target and all(b.first_seq > target for b in self._batches)
+
+    async def shutdown(self, timeout: float | None = 10.0) -> bool:
+        """Drain for up to ``timeout`` seconds, then stop the dispatcher.
+
+        Returns whether everything finished. Whatever did not stays queued:
+        a later ``init_worker()`` runs it, and at interpreter exit file and
+        tree removals run synchronously. Submits are dropped (and counted)
+        from now until the next ``init_worker()``.
+        """
+        loop = asyncio.get_running_loop()
+        drained = True
+        if self._dispatcher_loop is loop:
+            drained = await self.drain(timeout)
+        if self._state is _State.RUNNING:
+            self._state = _State.STOPPED
+        self._accepting = False
+        running = [b.worker for b in self._batches if b.loop is loop and b.worker is not None]
+        if self._dispatcher is not None and self._dispatcher_loop is loop:
+            running.append(self._dispatcher)
+        for t in running:
+            t.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        # A worker cancelled before its first step never ran its own requeue,
+        # and batches of dead loops are still listed: take them all back.
+        for batch in list(self._batches):
+            self._requeue(batch)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+        return drained
+
+    async def __aenter__(self) -> Cleaner:
+        return self.init_worker()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.shutdown()
+
+    def _worker_alive(self) -> bool:
+        loop, task = self._dispatcher_loop, self._dispatcher
+        return loop is not None and not loop.is_closed() and task is not None and not task.done()
+
+    def stats(self) -> Stats:
+        """A frozen snapshot of the counters; cheap, callable from any thread."""
+        return self._tally.snapshot(len(self._queue), self.in_flight)
+
+    # -- dispatcher: the loop's side of the queue -----------------------------------
+
+    def _on_wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue, take = self._queue, self._queue.popleft
+        try:
+            while True:
+                if not queue:
+                    self._idle = True
+                    # Re-check after publishing _idle: a producer that appended
+                    # before seeing it did not wake us (the lost-wakeup race).
+                    if not queue:
+                        self._waiter = loop.create_future()
+                        await self._waiter
+                    self._idle = False
+                    continue
+                self._sight(len(queue), time.monotonic())
+                if len(self._batches) >= self._max_batches:
+                    self._capacity = loop.create_future()
+                    await self._capacity
+                    continue
+                n = min(len(queue), self._batch_size)
+                # Drained into an exact-size list that the worker owns; a Python
+                # list cannot keep its allocation across clear(), so "reuse"
+                # would mean one more copy per batch.
+                tasks = [take() for _ in range(n)]
+                batch = _Batch(tasks, self._taken + 1, self._seen_at(self._taken + 1), loop)
+                self._taken += n
+                self.in_flight += n
+                self._tally.batch_size.observe(n)
+                self._batches.add(batch)
+                batch.worker = loop.create_task(self._work(batch))
+        finally:
+            self._idle = False
+            if self._dispatcher_loop is loop:
+                self._dispatcher_loop = None
+
+    def _sight(self, queued: int, now: float) -> None:
+        """Note that the first ``taken + queued`` tasks were in the queue at ``now``.
+
+        Reading the clock per submit would cost as much as the rest of
+        submit; marks per dispatcher turn give each task a "first seen
+        queued" time instead.
+        """
+        upto = self._taken + queued
+        if not self._marks or self._marks[-1][0] < upto:
+            self._marks.append((upto, now))
+
+    def _seen_at(self, seq: int) -> float:
+        marks = self._marks
+        while len(marks) > 1 and marks[0][0] < seq:
+            marks.popleft()
+        return marks[0][1]
+
+    # -- batch worker ----------------------------------------------------------------
+
+    async def _work(self, batch: _Batch) -> None:
+        loop = batch.loop
+        tally = self._tally
+        files: list[int] = []
+        others: list[tuple[int, CleanupTask, str]] = []
+        for i, task in enumerate(batch.tasks):
+            if type(task) is RemoveFile:
+                files.append(i)
+                continue
+            kind = _kind_or_invalid(task)
+            tally.take(kind)
+            if kind == _INVALID:
+                self._finish(batch, i, kind, "invalid", None)
+            else:
+                others.append((i, task, kind))
+        if files:
+            tally.take("remove_file", len(files))
+        timer = None
+        current_executor.set(self._executor)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                children = [tg.create_task(self._run_one(batch, i, t, k)) for i, t, k in others]
+                if children:
+                    timer = loop.call_at(loop.time() + self._task_timeout, _expire, batch, children)
+                if files:
+                    await self._remove_files(batch, files)
+        except asyncio.CancelledError:
+            self._requeue(batch)  # the loop is dying or shutdown() gave up: nothing is lost
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._batch_done(batch)
+
+    async def _run_one(self, batch: _Batch, i: int, task: CleanupTask, kind: str) -> None:
+        try:
+            if type(task) is RemoveTree:
+                path = task.path
+                await batch.loop.run_in_executor(
+                    self._executor, remove_tree_confined, path, self._roots
+                )
+            else:
+                await task.run()
+        except asyncio.CancelledError:
+            if not batch.expired:
+                raise
+            self._finish(batch, i, kind, "timeout", None)
+        except Exception as exc:
+            me = asyncio.current_task()
+            timed_out = batch.expired and me is not None and me.cancelling() > 0
+            self._finish(batch, i, kind, "timeout" if timed_out else _reason(exc), exc)
+        else:
+            self._finish(batch, i, kind, None, None)
+
+    async def _remove_files(self, batch: _Batch, slots: list[int]) -> None:
+        """Unlink the batch's files in one executor job, with a timeout per file.
+
+        A file that hangs past ``task_timeout`` is counted as a timeout; the
+        files after it go to a fresh job, so one stuck path costs the others
+        nothing but the wait.
+        """
+        loop, tasks, timeout = batch.loop, batch.tasks, self._task_timeout
+        start = 0
+        while start < len(slots):
+            todo = slots[start:]
+            job = UnlinkJob([tasks[i].path for i in todo], self._roots)
+            batch.job = job
+            fut = loop.run_in_executor(self._executor, job)
+            wait = timeout
+            while True:
+                done, _ = await asyncio.wait((fut,), timeout=wait)
+                if done:
+                    break
+                running_for = time.monotonic() - job.started if job.started else 0.0
+                if job.started and running_for >= timeout:
+                    job.stop = True
+                    break
+                wait = timeout - running_for
+            results = job.results[:]
+            latency = time.monotonic() - batch.seen_at
+            tally = self._tally
+            ok = 0
+            for i, err in zip(todo, results, strict=False):
+                if batch.abandoned:
+                    return
+                tasks[i] = _DONE
+                if err is None:
+                    ok += 1
+                else:
+                    tally.fail("remove_file", "refused" if isinstance(err, Refused) else "error")
+                    logger.warning("fastcleanup: remove_file %r failed: %s", err.filename, err)
+            if not batch.abandoned:
+                tally.complete("remove_file", ok)
+                tally.latency.observe(latency, len(results))
+                self.in_flight -= len(results)
+            start += len(results)
+            if not done:  # the file in progress hung: count it, go on with the rest
+                i = slots[start]
+                self._finish(batch, i, "remove_file", "timeout", None)
+                start += 1
+        batch.job = None
+
+    def _finish(
+        self, batch: _Batch, i: int, kind: str, reason: str | None, exc: BaseException | None
+    ) -> None:
+        if batch.abandoned:
+            return
+        task = batch.tasks[i]
+        batch.tasks[i] = _DONE
+        self.in_flight -= 1
+        tally = self._tally
+        if reason is None:
+            tally.complete(kind)
+        else:
+            tally.fail(kind, reason)
+            logger.warning("fastcleanup: %s %r failed (%s): %r", kind, task, reason, exc)
+        tally.latency.observe(time.monotonic() - batch.seen_at)
+
+    def _batch_done(self, batch: _Batch) -> None:
+        self._batches.discard(batch)
+        cap = self._capacity
+        if cap is not None and not cap.done():
+            cap.set_result(None)
+        if self._drain_waiters:
+            for target, fut in self._drain_waiters:
+                if not fut.done() and self._drained(target):
+                    fut.set_result(None)
+
+    # -- interpreter exit and fork (driven by _lifecycle) ----------------------------
+
+    def _run_at_exit(self, deadline: float) -> None:
+        """Run queued file and tree removals synchronously; count the rest as dropped."""
+        self._state = _State.EXITED
+        self._accepting = False
+        for batch in list(self._batches):
+            if not batch.loop.is_running():
+                self._requeue(batch)
+        tally, take = self._tally, self._queue.popleft
+        while self._queue:
+            try:
+                task = take()
+            except IndexError:
+                break  # a live dispatcher in another thread took the last one
+            kind = _kind_or_invalid(task)
+            tally.take(kind)
+            if kind == _INVALID:
+                tally.fail(kind, "invalid")
+            elif type(task) in (RemoveFile, RemoveTree) and time.monotonic() < deadline:
+                try:
+                    if type(task) is RemoveTree:
+                        remove_tree_confined(task.path, self._roots)
+                    else:
+                        job = UnlinkJob([task.path], self._roots)
+                        job()
+                        if job.results[0] is not None:
+                            raise job.results[0]
+                except Refused:
+                    tally.fail(kind, "refused")
+                except OSError:
+                    tally.fail(kind, "error")
+                else:
+                    tally.complete(kind)
+            else:
+                tally.drop_at_exit(kind)
+
+
+def _expire(batch: _Batch, children: list[asyncio.Task[None]]) -> None:
+    # One timer per batch rather than one per task: every task of a batch
+    # starts together, so they share one deadline.
+    batch.expired = True
+    for child in children:
+        if not child.done():
+            child.cancel()
+
+
+def _kind_or_invalid(task: object) -> str:
+    cls = type(task)
+    if cls is RemoveFile:
+        return "remove_file"
+    try:
+        kind = getattr(task, "kind", None)
+        run = getattr(task, "run", None)
+    except Exception:
+        return _INVALID
+    if type(kind) is not str or not kind or not callable(run):
+        return _INVALID
+    return kind
+
+
+def _reason(exc: BaseException) -> str:
+    return "refused" if isinstance(exc, Refused) else "error"
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"{name} must be a positive, finite number of seconds, got {value}")

@@ -1,0 +1,200 @@
+"""Cleanup tasks: what can be handed to a cleaner.
+
+Every task has a ``kind`` (the ``task`` label of the metrics) and an
+``async def run()``. The built-in path tasks are also recognised by the
+cleaner's batch worker, which removes a whole batch of files in one
+executor job instead of one hop per file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import shutil
+import stat
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from contextvars import ContextVar
+from typing import Any, Protocol, runtime_checkable
+
+import aiofiles.os
+
+__all__ = ["AClose", "Call", "CleanupTask", "RemoveFile", "RemoveTree"]
+
+# The batch worker sets this so that tasks run outside the loop's default
+# executor, which the host application needs for getaddrinfo and to_thread.
+current_executor: ContextVar[Executor | None] = ContextVar("fastcleanup_executor", default=None)
+
+
+@runtime_checkable
+class CleanupTask(Protocol):
+    """What :func:`submit` accepts: a ``kind`` and an ``async def run()``.
+
+    Write your own kind against it::
+
+        class ClosePage:
+            kind = "close_page"
+            def __init__(self, page): self.page = page
+            async def run(self) -> None: await self.page.close()
+    """
+
+    kind: str
+
+    async def run(self) -> None: ...
+
+
+def _fspath(path: object, what: str) -> str | bytes:
+    if not isinstance(path, str | bytes | os.PathLike):
+        raise TypeError(
+            f"{what} expects a str, bytes or os.PathLike path, got {type(path).__name__}"
+        )
+    p = os.fspath(path)
+    if not p:
+        raise ValueError(f"{what} got an empty path")
+    if ("\0" if isinstance(p, str) else b"\0") in p:
+        raise ValueError(f"{what} got a path with a NUL byte: {p!r}")
+    return p
+
+
+class RemoveFile:
+    """Remove one file; a file that is already gone counts as completed.
+
+    >>> fc.submit(fc.RemoveFile("/tmp/crawl/page-17.html"))
+    """
+
+    __slots__ = ("path",)
+    kind = "remove_file"
+
+    def __init__(self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> None:
+        self.path = _fspath(path, "RemoveFile")
+
+    async def run(self) -> None:
+        try:
+            await aiofiles.os.remove(self.path, executor=current_executor.get())
+        except FileNotFoundError:
+            pass
+
+    def __repr__(self) -> str:
+        return f"RemoveFile({self.path!r})"
+
+
+class RemoveTree:
+    """Remove a directory tree without ever following a symlink out of it.
+
+    A path that is itself a symlink loses the link only; a tree already gone
+    counts as completed; a path that is a file fails with NotADirectoryError.
+
+    >>> fc.submit(fc.RemoveTree(profile_dir))
+    """
+
+    __slots__ = ("path",)
+    kind = "remove_tree"
+
+    def __init__(self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> None:
+        self.path = _fspath(path, "RemoveTree")
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(current_executor.get(), remove_tree_sync, self.path)
+
+    def __repr__(self) -> str:
+        return f"RemoveTree({self.path!r})"
+
+
+def remove_tree_sync(path: str | bytes, dir_fd: int | None = None) -> None:
+    """Remove ``path`` (relative to ``dir_fd`` when given) like ``rm -r``, safely.
+
+    ``shutil.rmtree`` walks by file descriptor on Linux, so a directory
+    swapped for a symlink mid-walk is unlinked, never followed.
+    """
+    try:
+        st = os.lstat(path, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        _unlink_missing_ok(path, dir_fd)
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(f"RemoveTree: not a directory: {path!r}")
+    try:
+        shutil.rmtree(path, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+
+
+def _unlink_missing_ok(path: str | bytes, dir_fd: int | None) -> None:
+    try:
+        os.unlink(path, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+
+
+class AClose:
+    """Close an async resource: ``await r.aclose()``, else an awaitable ``r.close()``.
+
+    >>> fc.submit(fc.AClose(page))   # a browser page, a client session, ...
+    """
+
+    __slots__ = ("resource",)
+    kind = "aclose"
+
+    def __init__(self, resource: object) -> None:
+        if not callable(getattr(resource, "aclose", None)) and not callable(
+            getattr(resource, "close", None)
+        ):
+            raise TypeError(
+                f"AClose needs an object with aclose() or an awaitable close(); "
+                f"{type(resource).__name__} has neither"
+            )
+        self.resource = resource
+
+    async def run(self) -> None:
+        aclose = getattr(self.resource, "aclose", None)
+        result = aclose() if callable(aclose) else self.resource.close()  # type: ignore[attr-defined]
+        if inspect.isawaitable(result):
+            await result
+        elif not callable(aclose):
+            raise TypeError(f"{type(self.resource).__name__}.close() returned no awaitable")
+
+    def __repr__(self) -> str:
+        return f"AClose({self.resource!r})"
+
+
+class Call:
+    """Await ``async_fn(*args, **kwargs)``.
+
+    >>> fc.submit(fc.Call(session.delete, f"/scratch/{job_id}"))
+    """
+
+    __slots__ = ("args", "fn", "kwargs")
+    kind = "call"
+
+    def __init__(
+        self, async_fn: Callable[..., Awaitable[object]], /, *args: Any, **kwargs: Any
+    ) -> None:
+        if inspect.iscoroutine(async_fn):
+            async_fn.close()  # no "never awaited" warning for a refused coroutine
+            raise TypeError(
+                "Call takes an async function and its arguments, not a coroutine: "
+                "write Call(fn, x), not Call(fn(x))"
+            )
+        if not callable(async_fn):
+            raise TypeError(f"Call needs a callable, got {type(async_fn).__name__}")
+        if inspect.isbuiltin(async_fn) or inspect.isgeneratorfunction(async_fn):
+            raise TypeError(
+                f"Call needs an async function; {async_fn!r} is synchronous. "
+                "Remove files with RemoveFile, or wrap sync work in an async def"
+            )
+        self.fn = async_fn
+        self.args = args
+        self.kwargs = kwargs
+
+    async def run(self) -> None:
+        result = self.fn(*self.args, **self.kwargs)
+        if not inspect.isawaitable(result):
+            raise TypeError(f"Call: {self.fn!r} returned {type(result).__name__}, not an awaitable")
+        await result
+
+    def __repr__(self) -> str:
+        return f"Call({self.fn!r}, ...)"
