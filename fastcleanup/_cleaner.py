@@ -19,7 +19,7 @@ from . import _lifecycle
 from ._executor import DaemonExecutor
 from ._paths import Refused, Roots, UnlinkJob, remove_tree_confined
 from ._tally import Stats, Tally, count_value
-from ._tasks import CleanupTask, RemoveFile, RemoveTree, current_executor
+from ._tasks import AClose, Call, CleanupTask, RemoveFile, RemoveTree, current_executor
 
 __all__ = ["Cleaner"]
 
@@ -38,7 +38,10 @@ class _State(enum.Enum):
 class _Batch:
     """Up to ``batch_size`` tasks handed to one worker; finished slots become ``_DONE``."""
 
-    __slots__ = ("abandoned", "expired", "first_seq", "job", "loop", "seen_at", "tasks", "worker")
+    __slots__ = (
+        "abandoned", "expired", "files", "files_done", "first_seq", "job", "loop", "seen_at",
+        "tasks", "worker",
+    )  # fmt: skip
 
     def __init__(
         self, tasks: list[Any], first_seq: int, seen_at: float, loop: asyncio.AbstractEventLoop
@@ -51,9 +54,12 @@ class _Batch:
         self.abandoned = False  # its tasks were taken back; the worker must not count them
         self.job: UnlinkJob | None = None
         self.worker: asyncio.Task[None] | None = None
+        self.files: list[int] = []  # slots of the RemoveFile tasks, removed in this order
+        self.files_done = 0  # files[:files_done] are finished (their slots are not marked)
 
     def unfinished(self) -> list[Any]:
-        return [t for t in self.tasks if t is not _DONE]
+        done = set(self.files[: self.files_done])
+        return [t for i, t in enumerate(self.tasks) if t is not _DONE and i not in done]
 
 
 class Cleaner:
@@ -312,6 +318,8 @@ class Cleaner:
         for t in running:
             t.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        # A dispatcher cancelled before its first step never ran its finally.
+        self._dispatcher_loop = self._dispatcher = None
         # A worker cancelled before its first step never ran its own requeue,
         # and batches of dead loops are still listed: take them all back.
         for batch in list(self._batches):
@@ -399,31 +407,29 @@ class Cleaner:
     # -- batch worker ----------------------------------------------------------------
 
     async def _work(self, batch: _Batch) -> None:
-        loop = batch.loop
-        tally = self._tally
-        files: list[int] = []
-        others: list[tuple[int, CleanupTask, str]] = []
-        for i, task in enumerate(batch.tasks):
-            if type(task) is RemoveFile:
-                files.append(i)
-                continue
-            kind = _kind_or_invalid(task)
-            tally.take(kind)
-            if kind == _INVALID:
-                self._finish(batch, i, kind, "invalid", None)
-            else:
-                others.append((i, task, kind))
-        if files:
-            tally.take("remove_file", len(files))
+        loop, tasks, files = batch.loop, batch.tasks, batch.files
+        taken = self._tally.taken_by
+        children: list[asyncio.Task[None]] = []
         timer = None
         current_executor.set(self._executor)
         try:
             async with asyncio.TaskGroup() as tg:
-                children = [tg.create_task(self._run_one(batch, i, t, k)) for i, t, k in others]
+                for i, task in enumerate(tasks):
+                    cls = type(task)
+                    if cls is RemoveFile:
+                        files.append(i)  # all of them go to one executor job below
+                        continue
+                    kind = _KINDS.get(cls) or _kind_or_invalid(task)
+                    taken[kind] = taken.get(kind, 0) + 1
+                    if kind == _INVALID:
+                        self._finish(batch, i, kind, "invalid", None)
+                    else:
+                        children.append(tg.create_task(self._run_one(batch, i, task, kind)))
                 if children:
                     timer = loop.call_at(loop.time() + self._task_timeout, _expire, batch, children)
                 if files:
-                    await self._remove_files(batch, files)
+                    taken["remove_file"] = taken.get("remove_file", 0) + len(files)
+                    await self._remove_files(batch)
         except asyncio.CancelledError:
             self._requeue(batch)  # the loop is dying or shutdown() gave up: nothing is lost
             raise
@@ -432,12 +438,14 @@ class Cleaner:
                 timer.cancel()
             self._batch_done(batch)
 
-    async def _run_one(self, batch: _Batch, i: int, task: CleanupTask, kind: str) -> None:
+    async def _run_one(self, batch: _Batch, i: int, task: Any, kind: str) -> None:
         try:
-            if type(task) is RemoveTree:
-                path = task.path
+            cls = type(task)
+            if cls is Call:  # skip one coroutine frame on the commonest custom cleanup
+                await task.fn(*task.args, **task.kwargs)
+            elif cls is RemoveTree:
                 await batch.loop.run_in_executor(
-                    self._executor, remove_tree_confined, path, self._roots
+                    self._executor, remove_tree_confined, task.path, self._roots
                 )
             else:
                 await task.run()
@@ -450,55 +458,64 @@ class Cleaner:
             timed_out = batch.expired and me is not None and me.cancelling() > 0
             self._finish(batch, i, kind, "timeout" if timed_out else _reason(exc), exc)
         else:
-            self._finish(batch, i, kind, None, None)
+            if batch.abandoned:
+                return
+            # _finish() inlined: this is the path every successful cleanup takes.
+            batch.tasks[i] = _DONE
+            self.in_flight -= 1
+            tally = self._tally
+            tally.completed_by[kind] = tally.completed_by.get(kind, 0) + 1
+            tally.completed += 1
+            tally.latency.observe(time.monotonic() - batch.seen_at)
 
-    async def _remove_files(self, batch: _Batch, slots: list[int]) -> None:
+    async def _remove_files(self, batch: _Batch) -> None:
         """Unlink the batch's files in one executor job, with a timeout per file.
 
-        A file that hangs past ``task_timeout`` is counted as a timeout; the
-        files after it go to a fresh job, so one stuck path costs the others
-        nothing but the wait.
+        The loop does no work per removed file, only per job: every bit of
+        Python the loop thread runs holds the GIL that the unlink threads
+        need between syscalls. A file that hangs past ``task_timeout`` is
+        counted as a timeout and the files after it go to a fresh job, so
+        one stuck path costs the others nothing but the wait.
         """
-        loop, tasks, timeout = batch.loop, batch.tasks, self._task_timeout
-        start = 0
-        while start < len(slots):
-            todo = slots[start:]
-            job = UnlinkJob([tasks[i].path for i in todo], self._roots)
+        loop, tasks, slots, tally = batch.loop, batch.tasks, batch.files, self._tally
+        while batch.files_done < len(slots):
+            first = batch.files_done
+            fut: asyncio.Future[bool] = loop.create_future()
+            job = UnlinkJob([tasks[i].path for i in slots[first:]], self._roots, loop, fut)
             batch.job = job
-            fut = loop.run_in_executor(self._executor, job)
-            wait = timeout
-            while True:
-                done, _ = await asyncio.wait((fut,), timeout=wait)
-                if done:
-                    break
-                running_for = time.monotonic() - job.started if job.started else 0.0
-                if job.started and running_for >= timeout:
-                    job.stop = True
-                    break
-                wait = timeout - running_for
-            results = job.results[:]
-            latency = time.monotonic() - batch.seen_at
-            tally = self._tally
-            ok = 0
-            for i, err in zip(todo, results, strict=False):
-                if batch.abandoned:
-                    return
-                tasks[i] = _DONE
-                if err is None:
-                    ok += 1
-                else:
-                    tally.fail("remove_file", "refused" if isinstance(err, Refused) else "error")
-                    logger.warning("fastcleanup: remove_file %r failed: %s", err.filename, err)
-            if not batch.abandoned:
-                tally.complete("remove_file", ok)
-                tally.latency.observe(latency, len(results))
-                self.in_flight -= len(results)
-            start += len(results)
-            if not done:  # the file in progress hung: count it, go on with the rest
-                i = slots[start]
-                self._finish(batch, i, "remove_file", "timeout", None)
-                start += 1
+            self._executor.run(job)  # type: ignore[union-attr]
+            job.watchdog = loop.call_later(self._task_timeout, self._watch, job, fut)
+            try:
+                hung = await fut
+            finally:
+                job.watchdog.cancel()  # the current one: _watch may have re-armed it
+            n = job.done  # read once: a hung job may still finish its file later
+            if batch.abandoned:
+                return
+            errors = [(k, err) for k, err in job.errors if k < n]
+            for _, err in errors:
+                tally.fail("remove_file", "refused" if isinstance(err, Refused) else "error")
+                logger.warning("fastcleanup: remove_file %r failed: %s", err.filename, err)
+            tally.complete("remove_file", n - len(errors))
+            tally.latency.observe(time.monotonic() - batch.seen_at, n)
+            self.in_flight -= n
+            batch.files_done += n
+            if hung:  # the file in progress ran past the timeout: count it, go on
+                self._finish(batch, slots[batch.files_done], "remove_file", "timeout", None)
+                batch.files_done += 1
         batch.job = None
+
+    def _watch(self, job: UnlinkJob, fut: asyncio.Future[bool]) -> None:
+        """Time out the file in progress once it has run for ``task_timeout``."""
+        if fut.done():
+            return
+        ran = time.monotonic() - job.started if job.started else 0.0
+        if job.started and ran >= self._task_timeout:
+            job.stop = True
+            fut.set_result(True)
+        else:  # queued behind other jobs, or a later file: wait for its own deadline
+            loop = fut.get_loop()
+            job.watchdog = loop.call_later(self._task_timeout - ran, self._watch, job, fut)
 
     def _finish(
         self, batch: _Batch, i: int, kind: str, reason: str | None, exc: BaseException | None
@@ -552,8 +569,8 @@ class Cleaner:
                     else:
                         job = UnlinkJob([task.path], self._roots)
                         job()
-                        if job.results[0] is not None:
-                            raise job.results[0]
+                        if job.errors:
+                            raise job.errors[0][1]
                 except Refused:
                     tally.fail(kind, "refused")
                 except OSError:
@@ -573,10 +590,18 @@ def _expire(batch: _Batch, children: list[asyncio.Task[None]]) -> None:
             child.cancel()
 
 
+_KINDS: Final[dict[type, str]] = {
+    RemoveFile: RemoveFile.kind,
+    RemoveTree: RemoveTree.kind,
+    AClose: AClose.kind,
+    Call: Call.kind,
+}
+
+
 def _kind_or_invalid(task: object) -> str:
-    cls = type(task)
-    if cls is RemoveFile:
-        return "remove_file"
+    kind = _KINDS.get(type(task))
+    if kind is not None:
+        return kind
     try:
         kind = getattr(task, "kind", None)
         run = getattr(task, "run", None)

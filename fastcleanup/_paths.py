@@ -5,6 +5,7 @@ Everything here runs on the cleaner's executor threads, never on the loop.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Iterable
@@ -89,62 +90,78 @@ def remove_tree_confined(path: str | bytes, roots: Roots | None) -> None:
 class UnlinkJob:
     """Unlink many paths in one executor job: one hop per batch, not per file.
 
-    ``results`` grows by one entry per path (``None`` or the error), so the
-    loop can see progress; ``started`` is when the current path began, for
-    the per-file timeout; setting ``stop`` ends the job before its next path.
+    ``done`` counts the paths finished, ``errors`` lists ``(index, error)``
+    for those that failed; a path already gone is a success. ``started`` is
+    when the current path began (for the per-file timeout) and setting
+    ``stop`` ends the job before its next path. When the job ends it
+    resolves ``fut`` on ``loop`` with False (not hung).
     """
 
-    __slots__ = ("paths", "results", "roots", "started", "stop")
+    __slots__ = ("done", "errors", "fut", "loop", "paths", "roots", "started", "stop", "watchdog")
 
-    def __init__(self, paths: list[str | bytes], roots: Roots | None) -> None:
+    def __init__(
+        self,
+        paths: list[str | bytes],
+        roots: Roots | None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        fut: asyncio.Future[bool] | None = None,
+    ) -> None:
         self.paths = paths
         self.roots = roots
-        self.results: list[OSError | None] = []
+        self.loop = loop
+        self.fut = fut
+        self.done = 0
+        self.errors: list[tuple[int, OSError]] = []
         self.started = 0.0
         self.stop = False
+        self.watchdog: asyncio.TimerHandle | None = None
 
     def __call__(self) -> None:
-        if self.roots is None:
-            self._plain()
-        else:
-            self._confined(self.roots)
+        try:
+            if self.roots is None:
+                self._plain()
+            else:
+                self._confined(self.roots)
+        finally:
+            if self.loop is not None:
+                try:
+                    self.loop.call_soon_threadsafe(_resolve, self.fut, False)
+                except RuntimeError:
+                    pass  # the loop is closed: the next init_worker() takes the batch back
 
     def _plain(self) -> None:
-        unlink, append, clock = os.unlink, self.results.append, time.monotonic
-        for p in self.paths:
+        unlink, clock = os.unlink, time.monotonic
+        for k, p in enumerate(self.paths):
             if self.stop:
                 return
             self.started = clock()
             try:
                 unlink(p)
             except FileNotFoundError:
-                append(None)  # already gone: the goal is met
+                pass  # already gone: the goal is met
             except OSError as exc:
-                append(exc)
-            else:
-                append(None)
+                self.errors.append((k, exc))
+            self.done = k + 1
 
     def _confined(self, roots: Roots) -> None:
-        append, clock = self.results.append, time.monotonic
-        for p in self.paths:
+        clock = time.monotonic
+        for k, p in enumerate(self.paths):
             if self.stop:
                 return
             self.started = clock()
             try:
                 fd, name = roots.open_parent(p)
+                try:
+                    os.unlink(name, dir_fd=fd)
+                finally:
+                    os.close(fd)
             except FileNotFoundError:
-                append(None)
-                continue
+                pass
             except OSError as exc:
-                append(exc)
-                continue
-            try:
-                os.unlink(name, dir_fd=fd)
-            except FileNotFoundError:
-                append(None)
-            except OSError as exc:
-                append(exc)
-            else:
-                append(None)
-            finally:
-                os.close(fd)
+                self.errors.append((k, exc))
+            self.done = k + 1
+
+
+def _resolve(fut: asyncio.Future[bool] | None, hung: bool) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(hung)

@@ -45,16 +45,17 @@ class CleanupTask(Protocol):
 
 
 def _fspath(path: object, what: str) -> str | bytes:
-    if not isinstance(path, str | bytes | os.PathLike):
-        raise TypeError(
-            f"{what} expects a str, bytes or os.PathLike path, got {type(path).__name__}"
-        )
-    p = os.fspath(path)
-    if not p:
+    if type(path) is not str:  # str is the common case: skip the generic checks
+        if not isinstance(path, str | bytes | os.PathLike):
+            raise TypeError(
+                f"{what} expects a str, bytes or os.PathLike path, got {type(path).__name__}"
+            )
+        path = os.fspath(path)
+    if not path:
         raise ValueError(f"{what} got an empty path")
-    if ("\0" if isinstance(p, str) else b"\0") in p:
-        raise ValueError(f"{what} got a path with a NUL byte: {p!r}")
-    return p
+    if ("\0" if isinstance(path, str) else b"\0") in path:
+        raise ValueError(f"{what} got a path with a NUL byte: {path!r}")
+    return path
 
 
 class RemoveFile:

@@ -1,0 +1,22 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import fastcleanup as fc
+
+
+def make_files(directory: Path, n: int, prefix: str = "f") -> list[str]:
+    """Create ``n`` empty files; returns their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [str(directory / f"{prefix}{i}") for i in range(n)]
+    for p in paths:
+        os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))
+    return paths
+
+
+def assert_conserved(stats: fc.Stats) -> None:
+    total = stats.completed + stats.failed + stats.dropped_at_exit + stats.queued + stats.in_flight
+    assert stats.submitted == total, stats

@@ -1,0 +1,409 @@
+"""The hot path: submit -> queue -> dispatcher -> batch worker -> counters."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import fastcleanup as fc
+from tests.helpers import assert_conserved, make_files
+
+MakeCleaner = Callable[..., fc.Cleaner]
+
+
+async def join_threads(threads: list[threading.Thread]) -> None:
+    loop = asyncio.get_running_loop()
+    for t in threads:
+        await loop.run_in_executor(None, t.join)
+
+
+@pytest.mark.timeout(120)
+async def test_threads_and_finalizers_burst(scratch: Path, make_cleaner: MakeCleaner) -> None:
+    """8 threads x 10,000 submits while another thread collects objects that submit in __del__."""
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    per_thread = [make_files(scratch / f"t{t}", 10_000) for t in range(8)]
+    gc_files = make_files(scratch / "gc", 2_000)
+
+    class Doomed:
+        def __init__(self, path: str) -> None:
+            self.path = path
+            self.cycle = self  # only the cyclic collector frees it: __del__ runs inside gc
+
+        def __del__(self) -> None:
+            cleaner.submit(fc.RemoveFile(self.path))
+
+    start = threading.Barrier(9)
+
+    def producer(paths: list[str]) -> None:
+        start.wait()
+        for p in paths:
+            cleaner.submit(fc.RemoveFile(p))
+
+    def collector() -> None:
+        start.wait()
+        for i in range(0, len(gc_files), 100):
+            for p in gc_files[i : i + 100]:
+                Doomed(p)
+            gc.collect()
+            threading.Event().wait(0.001)  # block briefly: never spin beside unlink threads
+
+    threads = [threading.Thread(target=producer, args=(ps,)) for ps in per_thread]
+    threads.append(threading.Thread(target=collector))
+    for t in threads:
+        t.start()
+    await join_threads(threads)
+    gc.collect()
+    assert await cleaner.drain(timeout=60)
+
+    left = [p for p in os.listdir(scratch / "gc")]
+    for t in range(8):
+        left += os.listdir(scratch / f"t{t}")
+    assert left == []
+    stats = cleaner.stats()
+    assert stats.submitted == 82_000
+    assert stats.completed == 82_000
+    assert stats.failed == 0
+    assert_conserved(stats)
+    await cleaner.shutdown()
+
+
+async def test_batch_failures_are_isolated(make_cleaner: MakeCleaner) -> None:
+    """One raise and one hang in a batch of 64: the other 62 complete."""
+    cleaner = make_cleaner(batch_size=64, task_timeout=0.5)
+    cleaner.init_worker()
+    done: list[int] = []
+
+    async def ok(i: int) -> None:
+        await asyncio.sleep(0.01)
+        done.append(i)
+
+    async def boom() -> None:
+        raise OSError("disk on fire")
+
+    async def hang() -> None:
+        await asyncio.Event().wait()
+
+    for i in range(31):
+        cleaner.submit(fc.Call(ok, i))
+    cleaner.submit(fc.Call(boom))
+    cleaner.submit(fc.Call(hang))
+    for i in range(31, 62):
+        cleaner.submit(fc.Call(ok, i))
+    assert await cleaner.drain(timeout=10)
+
+    assert sorted(done) == list(range(62))
+    assert cleaner._tally.failed_by == {("call", "error"): 1, ("call", "timeout"): 1}
+    assert cleaner._tally.batch_size.counts[6] == 1  # all 64 went to one batch (bucket le=64)
+    stats = cleaner.stats()
+    assert (stats.completed, stats.failed) == (62, 2)
+    assert_conserved(stats)
+    await cleaner.shutdown()
+
+
+async def test_one_hung_unlink_does_not_hold_up_the_rest(
+    scratch: Path, make_cleaner: MakeCleaner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """File removals share one executor job, yet a hung file times out alone."""
+    paths = make_files(scratch, 64)
+    stuck = threading.Event()
+    real_unlink = os.unlink
+
+    def unlink(path: str, *, dir_fd: int | None = None) -> None:
+        if path == paths[10]:
+            stuck.wait(5)  # a dead NFS mount, say
+        real_unlink(path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    cleaner = make_cleaner(task_timeout=0.3)
+    cleaner.init_worker()
+    for p in paths:
+        cleaner.submit(fc.RemoveFile(p))
+    assert await cleaner.drain(timeout=10)
+    stuck.set()
+
+    assert sorted(os.listdir(scratch)) in ([], [os.path.basename(paths[10])])
+    assert cleaner._tally.failed_by == {("remove_file", "timeout"): 1}
+    assert cleaner.stats().completed == 63
+    await cleaner.shutdown()
+
+
+async def test_tasks_of_a_batch_run_concurrently(make_cleaner: MakeCleaner) -> None:
+    """64 parties on one barrier can only all pass if the batch runs them at once."""
+    cleaner = make_cleaner(batch_size=64, task_timeout=5)
+    cleaner.init_worker()
+    barrier = asyncio.Barrier(64)
+    passed: list[int] = []
+
+    async def party(i: int) -> None:
+        await barrier.wait()
+        passed.append(i)
+
+    for i in range(64):
+        cleaner.submit(fc.Call(party, i))
+    assert await cleaner.drain(timeout=10)
+    assert len(passed) == 64
+    assert cleaner.stats().failed == 0
+    await cleaner.shutdown()
+
+
+async def test_serial_batches_cannot_pass_the_barrier(make_cleaner: MakeCleaner) -> None:
+    """The barrier test can fail: split across batches of 32, the parties time out."""
+    cleaner = make_cleaner(batch_size=32, task_timeout=0.3, max_batches=1)
+    cleaner.init_worker()
+    barrier = asyncio.Barrier(64)
+
+    async def party() -> None:
+        await barrier.wait()
+
+    for _ in range(64):
+        cleaner.submit(fc.Call(party))
+    assert await cleaner.drain(timeout=10)
+    assert cleaner._tally.failed_by[("call", "timeout")] >= 32
+    await cleaner.shutdown()
+
+
+@pytest.mark.timeout(180)
+async def test_a_million_submits_never_exceed_the_task_cap(make_cleaner: MakeCleaner) -> None:
+    max_batches, batch_size = 4, 64
+    cleaner = make_cleaner(batch_size=batch_size, max_batches=max_batches)
+    cleaner.init_worker()
+    peak = 0
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, len(asyncio.all_tasks()))
+            await asyncio.sleep(0.001)
+
+    async def nothing() -> None:
+        pass
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)
+    call = fc.Call(nothing)  # one task object, submitted a million times: the queue holds refs
+    for _ in range(1_000_000):
+        cleaner.submit(call)
+    assert cleaner.stats().queued == 1_000_000  # nothing ran yet: no task per submit
+    assert await cleaner.drain(timeout=170)
+    stop.set()
+    await watcher
+    # this test + the watcher + the dispatcher + per batch: its worker and its children
+    cap = 3 + max_batches * (1 + batch_size)
+    assert 3 < peak <= cap
+    assert cleaner.stats().completed == 1_000_000
+    await cleaner.shutdown()
+
+
+async def test_drain_waits_for_tasks_accepted_before_it(make_cleaner: MakeCleaner) -> None:
+    """Not 'as many tasks finished': the slow early task must be among them."""
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    release = asyncio.Event()
+    finished: list[str] = []
+
+    async def slow() -> None:
+        await release.wait()
+        finished.append("slow")
+
+    async def fast() -> None:
+        finished.append("fast")
+
+    cleaner.submit(fc.Call(slow))
+    drainer = asyncio.create_task(cleaner.drain())
+    await asyncio.sleep(0.01)
+    for _ in range(200):
+        cleaner.submit(fc.Call(fast))
+    while len(finished) < 200:
+        await asyncio.sleep(0.01)
+    assert not drainer.done()
+    release.set()
+    assert await asyncio.wait_for(drainer, 5) is True
+    assert "slow" in finished
+    await cleaner.shutdown()
+
+
+async def test_drain_times_out(make_cleaner: MakeCleaner) -> None:
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    cleaner.submit(fc.Call(asyncio.sleep, 1))
+    assert await cleaner.drain(timeout=0.05) is False
+    assert await cleaner.drain(timeout=5) is True
+    await cleaner.shutdown()
+
+
+async def test_bad_objects_are_counted_invalid(make_cleaner: MakeCleaner) -> None:
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+
+    class NoRun:
+        kind = "no_run"
+
+    class Hostile:
+        def __getattr__(self, name: str) -> object:
+            raise RuntimeError("no attributes for you")
+
+    for bad in (None, 42, "rm -rf /", object(), NoRun(), Hostile()):
+        cleaner.submit(bad)  # type: ignore[arg-type]
+    assert await cleaner.drain(timeout=5)
+    stats = cleaner.stats()
+    assert (stats.submitted, stats.failed) == (6, 6)
+    assert cleaner._tally.failed_by == {("invalid", "invalid"): 6}
+    await cleaner.shutdown()
+
+
+async def test_custom_task_kind_is_counted(make_cleaner: MakeCleaner) -> None:
+    ran: list[str] = []
+
+    class ClosePage:
+        kind = "close_page"
+
+        def __init__(self, page: str) -> None:
+            self.page = page
+
+        async def run(self) -> None:
+            ran.append(self.page)
+
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    assert isinstance(ClosePage("a"), fc.CleanupTask)
+    for page in "abc":
+        cleaner.submit(ClosePage(page))
+    assert await cleaner.drain(timeout=5)
+    assert ran == ["a", "b", "c"]
+    assert cleaner._tally.completed_by == {"close_page": 3}
+    assert cleaner._tally.taken_by == {"close_page": 3}
+    await cleaner.shutdown()
+
+
+async def test_aclose_closes(make_cleaner: MakeCleaner) -> None:
+    closed: Counter[str] = Counter()
+
+    class Resource:
+        async def aclose(self) -> None:
+            closed["aclose"] += 1
+
+    class OldStyle:
+        async def close(self) -> None:
+            closed["close"] += 1
+
+    class SyncClose:
+        def close(self) -> None:
+            closed["sync"] += 1
+
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    for r in (Resource(), OldStyle(), SyncClose()):
+        cleaner.submit(fc.AClose(r))
+    assert await cleaner.drain(timeout=5)
+    assert closed == {"aclose": 1, "close": 1, "sync": 1}
+    # A sync close() is called, but the task fails: AClose promised an awaitable.
+    assert cleaner._tally.failed_by == {("aclose", "error"): 1}
+    await cleaner.shutdown()
+
+
+async def test_before_init_tasks_are_dropped_forever(
+    scratch: Path, make_cleaner: MakeCleaner
+) -> None:
+    cleaner = make_cleaner()
+    paths = make_files(scratch, 10)
+    for p in paths:
+        cleaner.submit(fc.RemoveFile(p))
+    cleaner.submit(None)  # type: ignore[arg-type]
+    assert not cleaner.worker_inited()
+    stats = cleaner.stats()
+    assert (stats.dropped_before_init, stats.submitted, stats.queued) == (11, 0, 0)
+    cleaner.init_worker()
+    assert cleaner.worker_inited()
+    assert await cleaner.drain(timeout=5)
+    await asyncio.sleep(0.05)
+    assert sorted(os.listdir(scratch)) == sorted(os.path.basename(p) for p in paths)
+    assert cleaner._tally.dropped_before_init_by.keys() == {"remove_file", "invalid"}
+    await cleaner.shutdown()
+
+
+async def test_shutdown_then_submit_drops_and_reinit_restarts(
+    scratch: Path, make_cleaner: MakeCleaner
+) -> None:
+    cleaner = make_cleaner()
+    async with cleaner:
+        assert cleaner.worker_inited()
+    assert not cleaner.worker_inited()
+    (kept,) = make_files(scratch, 1, "kept")
+    cleaner.submit(fc.RemoveFile(kept))
+    assert cleaner.stats().dropped_before_init == 1
+    cleaner.init_worker()
+    (gone,) = make_files(scratch, 1, "gone")
+    cleaner.submit(fc.RemoveFile(gone))
+    assert await cleaner.drain(timeout=5)
+    assert os.listdir(scratch) == ["kept0"]
+    await cleaner.shutdown()
+
+
+async def test_init_worker_is_idempotent(make_cleaner: MakeCleaner) -> None:
+    cleaner = make_cleaner()
+    assert cleaner.init_worker() is cleaner
+    dispatcher = cleaner._dispatcher
+    for _ in range(1000):
+        cleaner.init_worker()
+    assert cleaner._dispatcher is dispatcher
+    await cleaner.shutdown()
+
+
+def test_init_worker_needs_a_running_loop(make_cleaner: MakeCleaner) -> None:
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        make_cleaner().init_worker()
+
+
+async def test_drain_without_dispatcher_says_what_to_do(
+    make_cleaner: MakeCleaner, scratch: Path
+) -> None:
+    cleaner = make_cleaner()
+    assert await cleaner.drain() is True  # nothing pending: nothing to wait for
+    cleaner.init_worker()
+    await cleaner.shutdown()
+    cleaner._state = cleaner._state.RUNNING  # a cleaner whose loop died with work queued
+    cleaner._accepting = True
+    cleaner.submit(fc.RemoveFile(scratch / "x"))
+    with pytest.raises(RuntimeError, match=r"call init_worker\(\) first"):
+        await cleaner.drain()
+    cleaner.init_worker()
+    assert await cleaner.drain(timeout=5)
+    await cleaner.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"batch_size": 0}, ValueError),
+        ({"batch_size": 1.5}, TypeError),
+        ({"batch_size": True}, TypeError),
+        ({"task_timeout": 0}, ValueError),
+        ({"task_timeout": float("nan")}, ValueError),
+        ({"task_timeout": "60"}, TypeError),
+        ({"max_batches": 0}, ValueError),
+        ({"io_threads": 0}, ValueError),
+        ({"exit_timeout": -1}, ValueError),
+        ({"allowed_roots": []}, ValueError),
+        ({"allowed_roots": ["/definitely/not/here"]}, ValueError),
+        ({"allowed_roots": [42]}, TypeError),
+        ({"registry": "global"}, TypeError),
+        ({"name": ""}, TypeError),
+    ],
+)
+def test_constructor_rejects_bad_arguments(kwargs: dict[str, object], error: type) -> None:
+    with pytest.raises(error, match=r"\w"):
+        fc.Cleaner(**kwargs)  # type: ignore[arg-type]
+
+
+def test_repr_shows_state(make_cleaner: MakeCleaner) -> None:
+    cleaner = make_cleaner(name="reprs")
+    assert repr(cleaner) == "<Cleaner reprs stopped queued=0 in_flight=0>"
