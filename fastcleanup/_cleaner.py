@@ -110,7 +110,7 @@ class Cleaner:
         self,
         batch_size: int = 64,
         task_timeout: float = 60.0,
-        allowed_roots: Iterable[str | os.PathLike[str]] | None = None,
+        allowed_roots: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
         registry: Any = _lifecycle.DEFAULT_REGISTRY,
         *,
         name: str | None = None,
@@ -244,6 +244,7 @@ class Cleaner:
         self._dispatcher_loop = loop
         self._dispatcher = loop.create_task(self._dispatch(), name=f"fastcleanup-{self._name}")
         self._accepting = True
+        _lifecycle.hold(self)
         return self
 
     def worker_inited(self) -> bool:
@@ -327,6 +328,8 @@ class Cleaner:
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
+        if not self._queue:
+            _lifecycle.release(self)
         return drained
 
     async def __aenter__(self) -> Cleaner:

@@ -28,6 +28,19 @@ def track(cleaner: Cleaner) -> None:
     _cleaners.add(cleaner)
 
 
+# Started cleaners are held strongly: a cleaner with work queued must not
+# vanish with its tasks because its owner dropped the last reference.
+_held: set[Cleaner] = set()
+
+
+def hold(cleaner: Cleaner) -> None:
+    _held.add(cleaner)
+
+
+def release(cleaner: Cleaner) -> None:
+    _held.discard(cleaner)
+
+
 def _at_exit() -> None:
     # One shared deadline: exit_timeout bounds the whole exit, not each cleaner.
     from ._guards import fire_pending

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from ._tasks import remove_tree_sync
 
+_PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
 
 
@@ -30,9 +31,7 @@ class Roots:
 
     __slots__ = ("_roots",)
 
-    def __init__(
-        self, roots: Iterable[str | bytes | os.PathLike[str] | os.PathLike[bytes]]
-    ) -> None:
+    def __init__(self, roots: _PathArg | Iterable[_PathArg]) -> None:
         if isinstance(roots, str | bytes | os.PathLike):
             roots = [roots]  # one root given bare: accept it rather than iterate its characters
         resolved = []

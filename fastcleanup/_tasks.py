@@ -94,6 +94,12 @@ class RemoveTree:
 
     def __init__(self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> None:
         self.path = _fspath(path, "RemoveTree")
+        # Path("") is ".", and rmtree(".") empties the working directory: refuse
+        # the spellings that are always a mistake.
+        raw = os.fsdecode(self.path)
+        last = os.path.basename(raw.rstrip(os.sep))
+        if os.path.normpath(raw) in (".", "..", os.sep, "//") or last in ("..", "."):
+            raise ValueError(f"RemoveTree refuses {self.path!r}: name the directory itself")
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

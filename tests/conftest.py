@@ -24,7 +24,7 @@ import fastcleanup as fc
 try:
     import uvloop
 except ImportError:  # pragma: no cover - uvloop is not on Windows
-    uvloop = None
+    uvloop = None  # type: ignore[assignment]
 
 LOOP_KINDS = ["asyncio", "uvloop"] if uvloop is not None else ["asyncio"]
 
@@ -92,4 +92,6 @@ def make_cleaner(registry: CollectorRegistry) -> Iterator[Callable[..., fc.Clean
     yield make
     for cleaner in made:
         # Whatever a test left queued must not run at the session's exit.
+        if cleaner._executor is not None:
+            cleaner._executor.shutdown(wait=False)
         cleaner._reset()

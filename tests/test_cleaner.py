@@ -63,9 +63,9 @@ async def test_threads_and_finalizers_burst(scratch: Path, make_cleaner: MakeCle
     gc.collect()
     assert await cleaner.drain(timeout=60)
 
-    left = [p for p in os.listdir(scratch / "gc")]
-    for t in range(8):
-        left += os.listdir(scratch / f"t{t}")
+    left = os.listdir(scratch / "gc")
+    for n in range(8):
+        left += os.listdir(scratch / f"t{n}")
     assert left == []
     stats = cleaner.stats()
     assert stats.submitted == 82_000
@@ -214,16 +214,19 @@ async def test_drain_waits_for_tasks_accepted_before_it(make_cleaner: MakeCleane
         await release.wait()
         finished.append("slow")
 
+    all_fast_done = asyncio.Event()
+
     async def fast() -> None:
         finished.append("fast")
+        if len(finished) == 200:
+            all_fast_done.set()
 
     cleaner.submit(fc.Call(slow))
     drainer = asyncio.create_task(cleaner.drain())
     await asyncio.sleep(0.01)
     for _ in range(200):
         cleaner.submit(fc.Call(fast))
-    while len(finished) < 200:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(all_fast_done.wait(), 5)
     assert not drainer.done()
     release.set()
     assert await asyncio.wait_for(drainer, 5) is True

@@ -1,0 +1,128 @@
+"""Guards: Python's Drop. Cleanup submitted when an object goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import fastcleanup as fc
+
+MakeCleaner = Callable[..., fc.Cleaner]
+
+
+async def test_on_collect_submits_when_the_object_dies(
+    scratch: Path, make_cleaner: MakeCleaner
+) -> None:
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    (scratch / "profile").mkdir()
+
+    class Page:
+        pass
+
+    page = Page()
+    fin = fc.on_collect(page, fc.RemoveTree(scratch / "profile"), cleaner=cleaner)
+    assert fin.alive
+    assert await cleaner.drain(timeout=5)
+    assert (scratch / "profile").exists()
+    del page
+    gc.collect()
+    assert await cleaner.drain(timeout=5)
+    assert not (scratch / "profile").exists()
+    assert cleaner.stats().completed == 1
+    await cleaner.shutdown()
+
+
+def test_on_collect_checks_the_task_at_once() -> None:
+    with pytest.raises(TypeError, match="cleanup task"):
+        fc.on_collect(object, "rm -rf")  # type: ignore[arg-type]
+
+
+async def test_temp_file_is_removed_when_closed_or_dropped(
+    scratch: Path, make_cleaner: MakeCleaner
+) -> None:
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    closed = fc.TempFile(dir=scratch, suffix=".html", cleaner=cleaner)
+    closed.path.write_text("<html>")
+    dropped = fc.TempFile(dir=scratch, cleaner=cleaner)
+    kept = fc.TempFile(dir=scratch, cleaner=cleaner)
+    kept.keep()
+    with fc.TempFile(dir=scratch, cleaner=cleaner) as scoped:
+        assert scoped.path.exists()
+    assert len(os.listdir(scratch)) == 4
+    closed.close()
+    closed.close()  # idempotent: submitted once
+    del dropped
+    gc.collect()
+    assert await cleaner.drain(timeout=5)
+    assert os.listdir(scratch) == [kept.path.name]
+    assert cleaner.stats().submitted == 3
+    await cleaner.shutdown()
+
+
+async def test_staging_file_commits_on_success(scratch: Path, make_cleaner: MakeCleaner) -> None:
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    dest = scratch / "page.html"
+    async with fc.StagingFile(dest, cleaner=cleaner) as out:
+        await out.write(b"<html>")
+        await out.write(b"</html>")
+        assert not dest.exists()
+    assert dest.read_bytes() == b"<html></html>"
+    assert out.committed and out.bytes_written == 13
+    assert os.listdir(scratch) == ["page.html"]
+    await cleaner.shutdown()
+
+
+@pytest.mark.parametrize("how", ["error", "cancel", "garbage"])
+async def test_staging_file_leaves_nothing_on_failure(
+    scratch: Path, make_cleaner: MakeCleaner, how: str
+) -> None:
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    dest = scratch / "page.html"
+
+    async def download() -> None:
+        async with fc.StagingFile(dest, cleaner=cleaner) as out:
+            await out.write(b"partial")
+            if how == "error":
+                raise ConnectionResetError("peer went away mid-body")
+            await asyncio.Event().wait()  # stalls until cancelled
+
+    if how == "garbage":
+        out = fc.StagingFile(dest, cleaner=cleaner)
+        await out.open()
+        await out.write(b"partial")
+        await out._file.close()  # the owner forgot it: no commit, no abort
+        assert len(os.listdir(scratch)) == 1
+        del out
+        gc.collect()
+    else:
+        task = asyncio.create_task(download())
+        await asyncio.sleep(0.05)
+        if how == "cancel":
+            task.cancel()
+        with pytest.raises((ConnectionResetError, asyncio.CancelledError)):
+            await task
+    assert await cleaner.drain(timeout=5)
+    assert os.listdir(scratch) == []
+    assert cleaner.stats().completed == 1
+    await cleaner.shutdown()
+
+
+def test_staging_file_rejects_bad_destinations(scratch: Path) -> None:
+    with pytest.raises(TypeError):
+        fc.StagingFile(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="name a file"):
+        fc.StagingFile(str(scratch) + "/")
+
+
+async def test_write_before_open_says_how_to_fix(scratch: Path) -> None:
+    with pytest.raises(RuntimeError, match="async with"):
+        await fc.StagingFile(scratch / "x").write(b"x")

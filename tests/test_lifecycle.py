@@ -1,0 +1,236 @@
+"""Loops that die, interpreters that exit, processes that fork: nothing is lost or run twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import fastcleanup as fc
+from tests.conftest import loop_factory
+from tests.helpers import assert_conserved, make_files
+
+MakeCleaner = Callable[..., fc.Cleaner]
+
+
+def run_on(kind: str, coro: object) -> object:
+    with asyncio.Runner(loop_factory=loop_factory(kind)) as runner:
+        return runner.run(coro)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(60)
+def test_loop_death_requeues_and_next_loop_adopts(
+    loop_kind: str, make_cleaner: MakeCleaner
+) -> None:
+    """asyncio.run returns without shutdown() mid-burst; the next run finishes every task once."""
+    cleaner = make_cleaner(max_batches=4, batch_size=64)
+    runs: Counter[int] = Counter()
+
+    async def slow(i: int) -> None:
+        await asyncio.sleep(0.05)
+        runs[i] += 1
+
+    async def first() -> None:
+        cleaner.init_worker()
+        for i in range(1000):
+            cleaner.submit(fc.Call(slow, i))
+        await asyncio.sleep(0.12)  # some batches done, some in flight, most queued
+
+    run_on(loop_kind, first())
+    mid = cleaner.stats()
+    assert 0 < sum(runs.values()) < 1000
+    assert mid.in_flight == 0  # cancelled batches went back to the queue
+    assert mid.queued == 1000 - sum(runs.values())
+    assert cleaner.worker_inited()  # the loop is dead, the cleaner still accepts
+    assert_conserved(mid)
+
+    async def second() -> None:
+        cleaner.init_worker()
+        assert await cleaner.drain(timeout=30)
+        await cleaner.shutdown()
+
+    run_on(loop_kind, second())
+    assert sorted(runs) == list(range(1000))
+    assert set(runs.values()) == {1}
+    stats = cleaner.stats()
+    assert (stats.submitted, stats.completed) == (1000, 1000)
+    assert_conserved(stats)
+
+
+def test_closed_loop_without_cancellation_is_adopted(
+    loop_kind: str, make_cleaner: MakeCleaner
+) -> None:
+    """A loop closed with tasks still pending (no asyncio.run): its batches are taken back."""
+    cleaner = make_cleaner()
+    runs: Counter[int] = Counter()
+    gate = asyncio.Event()
+
+    async def wait_then_count(i: int) -> None:
+        await gate.wait()
+        runs[i] += 1
+
+    loop = loop_factory(loop_kind)()
+    try:
+
+        async def start() -> None:
+            cleaner.init_worker()
+            for i in range(10):
+                cleaner.submit(fc.Call(wait_then_count, i))
+            await asyncio.sleep(0.05)
+
+        loop.run_until_complete(start())
+        assert cleaner.stats().in_flight == 10
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its pending tasks are abandoned on purpose
+            loop.close()
+
+    async def again() -> None:
+        nonlocal gate
+        gate = asyncio.Event()
+        gate.set()
+        cleaner.init_worker()
+        assert await cleaner.drain(timeout=5)
+        await cleaner.shutdown()
+
+    run_on(loop_kind, again())
+    assert runs == Counter(range(10))
+
+
+def test_submit_never_raises_on_a_closed_loop(loop_kind: str, make_cleaner: MakeCleaner) -> None:
+    cleaner = make_cleaner()
+
+    async def start() -> None:
+        cleaner.init_worker()
+
+    run_on(loop_kind, start())  # the loop is closed now
+    for bad in (None, 42, fc.RemoveFile("/nonexistent/x"), object()):
+        cleaner.submit(bad)  # type: ignore[arg-type]
+    assert cleaner.stats().queued == 4
+
+
+def run_script(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("use_uvloop", ["0", "1"], ids=["asyncio", "uvloop"])
+def test_exit_without_shutdown_removes_queued_files(scratch: Path, use_uvloop: str) -> None:
+    paths = make_files(scratch, 10_000)
+    proc = run_script(
+        """
+        import asyncio, os, sys
+        import fastcleanup as fc
+
+        async def main():
+            fc.init_worker()
+            for name in os.listdir(sys.argv[1]):
+                fc.submit(fc.RemoveFile(os.path.join(sys.argv[1], name)))
+            # return at once: most of it is still queued or in flight
+
+        fc.run(main(), use_uvloop=sys.argv[2] == "1")
+        s = fc.stats()
+        print(s.submitted, s.queued + s.in_flight)
+        """,
+        str(scratch),
+        use_uvloop,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    submitted, pending = map(int, proc.stdout.split())
+    assert submitted == len(paths)
+    assert pending > 0  # or the test proves nothing about the exit path
+    assert os.listdir(scratch) == []
+
+
+def test_submit_never_raises_at_interpreter_exit(scratch: Path) -> None:
+    """Submits from __del__ during teardown, from atexit, after shutdown: never an error."""
+    proc = run_script(
+        """
+        import atexit, sys
+        import fastcleanup as fc
+
+        class Guard:
+            # Bind what __del__ needs: module globals may be None by then.
+            def __del__(self, submit=fc.submit, task=fc.RemoveFile(sys.argv[1] + "/late")):
+                submit(task)
+                submit(None)
+
+        async def main():
+            fc.init_worker()
+            await fc.shutdown()
+            fc.submit(fc.RemoveFile(sys.argv[1] + "/after-shutdown"))  # dropped, counted
+
+        fc.run(main())
+        atexit.register(lambda: fc.submit(42))
+        atexit.register(lambda: fc.submit(fc.RemoveFile(sys.argv[1] + "/atexit")))
+        keep = Guard()  # a module global: collected while the interpreter tears down
+        keep.cycle = keep
+        print(fc.stats().dropped_before_init)
+        """,
+        str(scratch),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout.strip() == "1"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_starts_clean(
+    loop_kind: str, scratch: Path, make_cleaner: MakeCleaner
+) -> None:
+    cleaner = make_cleaner()
+    paths = make_files(scratch, 50)
+
+    async def start() -> None:
+        cleaner.init_worker()
+
+    loop = loop_factory(loop_kind)()
+    loop.run_until_complete(start())
+    for p in paths:  # the loop is not running: all 50 stay queued
+        cleaner.submit(fc.RemoveFile(p))
+    assert cleaner.stats().queued == 50
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads: on purpose
+        pid = os.fork()
+    if pid == 0:  # the child: must run none of the parent's tasks
+        code = 1
+        try:
+            ok = not cleaner.worker_inited() and cleaner.stats() == fc.Stats(0, 0, 0, 0, 0, 0, 0)
+
+            async def child() -> bool:
+                cleaner.init_worker()
+                drained = await cleaner.drain(timeout=5)
+                await cleaner.shutdown()
+                return drained
+
+            ok = ok and asyncio.run(child()) and len(os.listdir(scratch)) == 50
+            code = 0 if ok else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(os.listdir(scratch)) == 50
+
+    async def finish() -> None:
+        assert await cleaner.drain(timeout=10)
+        await cleaner.shutdown()
+
+    loop.run_until_complete(finish())
+    loop.close()
+    assert os.listdir(scratch) == []  # the parent still owned them and ran them

@@ -1,0 +1,195 @@
+"""Prometheus export: names, labels, monotone counters, and the ways to serve them."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+import fastcleanup as fc
+from fastcleanup.metrics import _collectors
+from tests.helpers import make_files
+
+MakeCleaner = Callable[..., fc.Cleaner]
+
+
+def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in registry.collect():
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def test_every_metric_of_the_contract_is_exported(
+    scratch: Path, make_cleaner: MakeCleaner, registry: CollectorRegistry
+) -> None:
+    cleaner = make_cleaner(name="crawler", task_timeout=0.2)
+    cleaner.submit(fc.RemoveFile(scratch / "early"))  # dropped before init
+    cleaner.init_worker()
+    (path,) = make_files(scratch, 1)
+
+    async def boom() -> None:
+        raise RuntimeError("nope")
+
+    cleaner.submit(fc.RemoveFile(path))
+    cleaner.submit(fc.Call(boom))
+    cleaner.submit(fc.Call(asyncio.sleep, 5))
+    cleaner.submit(None)  # type: ignore[arg-type]
+    assert await cleaner.drain(timeout=5)
+    text = generate_latest(registry).decode()
+    await cleaner.shutdown()
+
+    expected = [
+        'fastcleanup_submitted_total{cleaner="crawler",task="remove_file"} 1.0',
+        'fastcleanup_submitted_total{cleaner="crawler",task="call"} 2.0',
+        'fastcleanup_dropped_before_init_total{cleaner="crawler",task="remove_file"} 1.0',
+        'fastcleanup_completed_total{cleaner="crawler",task="remove_file"} 1.0',
+        'fastcleanup_failed_total{cleaner="crawler",reason="error",task="call"} 1.0',
+        'fastcleanup_failed_total{cleaner="crawler",reason="timeout",task="call"} 1.0',
+        'fastcleanup_failed_total{cleaner="crawler",reason="invalid",task="invalid"} 1.0',
+        'fastcleanup_queued{cleaner="crawler"} 0.0',
+        'fastcleanup_in_flight{cleaner="crawler"} 0.0',
+        'fastcleanup_worker_up{cleaner="crawler"} 1.0',
+        'fastcleanup_cleanup_latency_seconds_count{cleaner="crawler"} 4.0',
+        'fastcleanup_batch_size_count{cleaner="crawler"} 1.0',
+        'fastcleanup_batch_size_sum{cleaner="crawler"} 4.0',
+    ]
+    for line in expected:
+        assert line in text, line
+    for name in ("submitted_total", "dropped_at_exit_total", "queued", "worker_up",
+                 "cleanup_latency_seconds", "batch_size"):  # fmt: skip
+        assert re.search(rf"^# HELP fastcleanup_{name} \w.{{20,}}$", text, re.M), name
+    assert 'fastcleanup_worker_up{cleaner="crawler"} 0.0' in generate_latest(registry).decode()
+
+
+def test_cleaners_share_a_registry_by_name(registry: CollectorRegistry) -> None:
+    kept = [fc.Cleaner(name="a", registry=registry), fc.Cleaner(name="b", registry=registry)]
+    text = generate_latest(registry).decode()
+    assert 'fastcleanup_queued{cleaner="a"}' in text and 'fastcleanup_queued{cleaner="b"}' in text
+    assert text.count("# TYPE fastcleanup_queued gauge") == 1
+    with pytest.raises(ValueError, match="already registered"):
+        fc.Cleaner(name="a", registry=registry)
+    del kept  # an unreferenced, idle cleaner leaves the exposition with its series
+    assert "fastcleanup_queued{" not in generate_latest(registry).decode()
+
+
+def test_default_cleaner_is_on_the_global_registry() -> None:
+    from prometheus_client import REGISTRY
+
+    assert 'fastcleanup_worker_up{cleaner="default"}' in generate_latest(REGISTRY).decode()
+
+
+@pytest.mark.timeout(120)
+async def test_scrapes_during_a_burst_never_see_a_counter_decrease(
+    scratch: Path, make_cleaner: MakeCleaner, registry: CollectorRegistry
+) -> None:
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    paths = make_files(scratch, 50_000)
+    stop = threading.Event()
+    decreases: list[str] = []
+    scrapes = 0
+
+    def scraper() -> None:
+        nonlocal scrapes
+        last: dict[object, float] = {}
+        while not stop.is_set():
+            for key, value in samples(registry).items():
+                name = key[0]
+                if name.endswith(("_total", "_bucket", "_count", "_sum")):
+                    if value < last.get(key, 0.0):
+                        decreases.append(f"{key}: {last[key]} -> {value}")
+                    last[key] = value
+            scrapes += 1
+            stop.wait(0.0005)  # tight, but blocking: never starve the unlink threads
+
+    async def nothing() -> None:
+        pass
+
+    thread = threading.Thread(target=scraper)
+    thread.start()
+    try:
+        for i, p in enumerate(paths):
+            cleaner.submit(fc.RemoveFile(p))
+            if i % 10 == 0:
+                cleaner.submit(fc.Call(nothing))
+            if i % 5000 == 0:
+                await asyncio.sleep(0.01)
+        assert await cleaner.drain(timeout=60)
+    finally:
+        stop.set()
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
+    assert scrapes > 20
+    assert decreases == []
+    await cleaner.shutdown()
+
+
+async def test_submit_path_takes_no_lock_a_scrape_holds(
+    make_cleaner: MakeCleaner, registry: CollectorRegistry
+) -> None:
+    """Hold every lock a scrape takes; submits and cleanups still go through."""
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    ran = 0
+
+    async def count() -> None:
+        nonlocal ran
+        ran += 1
+
+    with registry._lock, _collectors[registry]._lock:
+        for _ in range(100):
+            cleaner.submit(fc.Call(count))
+        assert await cleaner.drain(timeout=5)
+    assert ran == 100
+    await cleaner.shutdown()
+
+
+def test_serve_binds_loopback_and_reports_its_port(registry: CollectorRegistry) -> None:
+    cleaner = fc.Cleaner(name="served", registry=registry)
+    with fc.metrics.serve(port=0, registry=registry) as server:
+        assert server.addr == "127.0.0.1" and server.port > 0
+        with urllib.request.urlopen(server.url, timeout=5) as resp:
+            body = resp.read().decode()
+    assert 'fastcleanup_worker_up{cleaner="served"} 0.0' in body
+    assert cleaner.name == "served"
+    with pytest.raises(ValueError, match="port"):
+        fc.metrics.serve(port=70000)
+
+
+async def test_asgi_app_serves_the_registry(registry: CollectorRegistry) -> None:
+    cleaner = fc.Cleaner(name="asgi", registry=registry)
+    app = fc.metrics.asgi_app(registry)
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/metrics", "query_string": b"",
+             "headers": []}  # fmt: skip
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 200
+    assert f'fastcleanup_queued{{cleaner="{cleaner.name}"}}'.encode() in sent[1]["body"]  # type: ignore[operator]
+
+
+async def test_aiohttp_handler_serves_the_registry(registry: CollectorRegistry) -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    cleaner = fc.Cleaner(name="aio", registry=registry)
+    app = web.Application()
+    app.router.add_get("/metrics", fc.metrics.aiohttp_handler(registry))
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/metrics")
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        assert f'fastcleanup_queued{{cleaner="{cleaner.name}"}}' in await resp.text()

@@ -1,0 +1,126 @@
+"""Safe deletion: trees never followed out of, allowed roots never escaped."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import fastcleanup as fc
+from fastcleanup._paths import Refused, Roots
+
+MakeCleaner = Callable[..., fc.Cleaner]
+
+
+def outside_tree(base: Path) -> Path:
+    outside = base / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "precious.txt").write_text("keep me")
+    (outside / "deep" / "also.txt").write_text("keep me too")
+    return outside
+
+
+async def test_remove_tree_removes_links_not_their_targets(
+    scratch: Path, make_cleaner: MakeCleaner
+) -> None:
+    outside = outside_tree(scratch)
+    tree = scratch / "profile"
+    (tree / "Default" / "Cache").mkdir(parents=True)
+    (tree / "Default" / "Cache" / "data_0").write_bytes(b"x" * 100)
+    (tree / "link-to-outside").symlink_to(outside)
+    (tree / "Default" / "file-link").symlink_to(outside / "precious.txt")
+    link_root = scratch / "profile-link"
+    link_root.symlink_to(outside)  # a RemoveTree on a link removes the link only
+
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    cleaner.submit(fc.RemoveTree(tree))
+    cleaner.submit(fc.RemoveTree(link_root))
+    cleaner.submit(fc.RemoveTree(scratch / "never-existed"))
+    assert await cleaner.drain(timeout=10)
+
+    assert not tree.exists()
+    assert not link_root.is_symlink()
+    assert (outside / "precious.txt").read_text() == "keep me"
+    assert (outside / "deep" / "also.txt").exists()
+    assert cleaner.stats().completed == 3
+    await cleaner.shutdown()
+
+
+async def test_wrong_kind_of_path_fails_and_is_left(
+    scratch: Path, make_cleaner: MakeCleaner
+) -> None:
+    (scratch / "dir").mkdir()
+    (scratch / "file").write_text("x")
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    cleaner.submit(fc.RemoveFile(scratch / "dir"))
+    cleaner.submit(fc.RemoveTree(scratch / "file"))
+    assert await cleaner.drain(timeout=10)
+    assert (scratch / "dir").is_dir() and (scratch / "file").is_file()
+    assert cleaner._tally.failed_by == {("remove_file", "error"): 1, ("remove_tree", "error"): 1}
+    await cleaner.shutdown()
+
+
+async def test_allowed_roots_refuse_outside_paths(scratch: Path, make_cleaner: MakeCleaner) -> None:
+    root = scratch / "crawl"
+    (root / "pages").mkdir(parents=True)
+    inside = root / "pages" / "ok.html"
+    inside.write_text("x")
+    outside = outside_tree(scratch)
+    (root / "escape").symlink_to(outside)  # a symlinked parent that leads out
+
+    cleaner = make_cleaner(allowed_roots=[root])
+    cleaner.init_worker()
+    attempts = [
+        fc.RemoveFile(outside / "precious.txt"),  # plainly outside
+        fc.RemoveFile(root / "pages" / ".." / ".." / "outside" / "precious.txt"),  # .. out
+        fc.RemoveFile(root / "escape" / "precious.txt"),  # through the symlinked parent
+        fc.RemoveTree(root / "escape" / "deep"),
+        fc.RemoveTree(root),  # the root itself
+        fc.RemoveTree(root / "pages" / ".." / ".." / "crawl"),  # the root, spelled with ..
+    ]
+    for task in attempts:
+        cleaner.submit(task)  # type: ignore[arg-type]
+    cleaner.submit(fc.RemoveFile(inside))
+    assert await cleaner.drain(timeout=10)
+
+    assert (outside / "precious.txt").exists() and (outside / "deep" / "also.txt").exists()
+    assert root.is_dir() and not inside.exists()
+    assert cleaner._tally.failed_by == {
+        ("remove_file", "refused"): 3,
+        ("remove_tree", "refused"): 3,
+    }
+    assert cleaner.stats().completed == 1
+    await cleaner.shutdown()
+
+
+def test_symlink_swapped_in_after_the_check_fails_the_walk(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent is reopened from the root with O_NOFOLLOW: a late swap cannot escape."""
+    root = scratch / "root"
+    (root / "sub").mkdir(parents=True)
+    outside = outside_tree(scratch)
+    roots = Roots([root])
+    fd, name = roots.open_parent(str(root / "sub" / "x"))
+    os.close(fd)
+    assert name == "x"
+    (root / "sub").rmdir()
+    (root / "sub").symlink_to(outside)
+    with pytest.raises(Refused):  # resolved now: plainly outside
+        roots.open_parent(str(root / "sub" / "precious.txt"))
+    # The swap lands between the resolution and the walk: resolution saw a directory.
+    monkeypatch.setattr(os.path, "realpath", lambda p, **kw: os.path.abspath(p))
+    with pytest.raises(OSError, match="sub") as caught:
+        roots.open_parent(str(root / "sub" / "precious.txt"))
+    assert not isinstance(caught.value, Refused)  # the walk itself refused to follow
+    assert (outside / "precious.txt").exists()
+
+
+def test_roots_take_one_bare_path_and_reject_missing_ones(scratch: Path) -> None:
+    assert Roots(scratch)._roots == (os.path.realpath(scratch),)
+    with pytest.raises(ValueError, match="not an existing directory"):
+        Roots([scratch / "missing"])
