@@ -12,6 +12,8 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterable
+from itertools import islice
+from operator import attrgetter
 from types import TracebackType
 from typing import Any, Final
 
@@ -96,13 +98,13 @@ class Cleaner:
         "_max_batches",
         "_name",
         "_queue",
+        "_refill_at",
         "_roots",
         "_state",
         "_taken",
         "_tally",
         "_task_timeout",
         "_waiter",
-        "_wake_pending",
         "in_flight",
     )
 
@@ -128,6 +130,7 @@ class Cleaner:
         self._batch_size = batch_size
         self._task_timeout = float(task_timeout)
         self._max_batches = max_batches
+        self._refill_at = max_batches - max(1, max_batches // 2)
         self._io_threads = io_threads
         self._exit_timeout = float(exit_timeout)
         self._roots = None if allowed_roots is None else Roots(allowed_roots)
@@ -148,7 +151,6 @@ class Cleaner:
         self._append = self._queue.append
         self._tally = Tally()
         self._idle = False
-        self._wake_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._dispatcher_loop: asyncio.AbstractEventLoop | None = None
@@ -375,10 +377,10 @@ class Cleaner:
                     await self._capacity
                     continue
                 n = min(len(queue), self._batch_size)
-                # Drained into an exact-size list that the worker owns; a Python
-                # list cannot keep its allocation across clear(), so "reuse"
-                # would mean one more copy per batch.
-                tasks = [take() for _ in range(n)]
+                # popleft() called n times from C. The list is the worker's to
+                # keep: a Python list frees its storage on clear(), so a reused
+                # buffer would cost one more copy per batch, not one less.
+                tasks = list(islice(iter(take, _DONE), n))
                 batch = _Batch(tasks, self._taken + 1, self._seen_at(self._taken + 1), loop)
                 self._taken += n
                 self.in_flight += n
@@ -417,6 +419,10 @@ class Cleaner:
         current_executor.set(self._executor)
         try:
             async with asyncio.TaskGroup() as tg:
+                if list(map(type, tasks)).count(RemoveFile) == len(tasks):
+                    # A burst of removals: classify in C, nothing else to spawn.
+                    files.extend(range(len(tasks)))
+                    tasks = ()  # type: ignore[assignment]
                 for i, task in enumerate(tasks):
                     cls = type(task)
                     if cls is RemoveFile:
@@ -484,10 +490,16 @@ class Cleaner:
         while batch.files_done < len(slots):
             first = batch.files_done
             fut: asyncio.Future[bool] = loop.create_future()
-            job = UnlinkJob([tasks[i].path for i in slots[first:]], self._roots, loop, fut)
+            if len(slots) == len(tasks):  # every slot is a file: map in C
+                paths = list(map(_path_of, tasks[first:]))
+            else:
+                paths = [tasks[i].path for i in slots[first:]]
+            job = UnlinkJob(paths, self._roots, loop, fut)
             batch.job = job
             self._executor.run(job)  # type: ignore[union-attr]
-            job.watchdog = loop.call_later(self._task_timeout, self._watch, job, fut)
+            job.watchdog = loop.call_later(
+                self._task_timeout / 4, self._watch, job, fut, 0, time.monotonic()
+            )
             try:
                 hung = await fut
             finally:
@@ -508,17 +520,23 @@ class Cleaner:
                 batch.files_done += 1
         batch.job = None
 
-    def _watch(self, job: UnlinkJob, fut: asyncio.Future[bool]) -> None:
-        """Time out the file in progress once it has run for ``task_timeout``."""
+    def _watch(self, job: UnlinkJob, fut: asyncio.Future[bool], done: int, since: float) -> None:
+        """Time out the file in progress once the job made no progress for ``task_timeout``.
+
+        Progress is the job's count of finished files, checked four times per
+        timeout: no clock is read per file on the unlink threads.
+        """
         if fut.done():
             return
-        ran = time.monotonic() - job.started if job.started else 0.0
-        if job.started and ran >= self._task_timeout:
+        now = time.monotonic()
+        if job.done != done or not job.running:  # progress, or still queued behind others
+            done, since = job.done, now
+        elif now - since >= self._task_timeout:
             job.stop = True
             fut.set_result(True)
-        else:  # queued behind other jobs, or a later file: wait for its own deadline
-            loop = fut.get_loop()
-            job.watchdog = loop.call_later(self._task_timeout - ran, self._watch, job, fut)
+            return
+        loop = fut.get_loop()
+        job.watchdog = loop.call_later(self._task_timeout / 4, self._watch, job, fut, done, since)
 
     def _finish(
         self, batch: _Batch, i: int, kind: str, reason: str | None, exc: BaseException | None
@@ -539,7 +557,9 @@ class Cleaner:
     def _batch_done(self, batch: _Batch) -> None:
         self._batches.discard(batch)
         cap = self._capacity
-        if cap is not None and not cap.done():
+        # Wake the dispatcher once half the slots are free, not on every
+        # batch: it then hands out several batches in one turn.
+        if cap is not None and not cap.done() and len(self._batches) <= self._refill_at:
             cap.set_result(None)
         if self._drain_waiters:
             for target, fut in self._drain_waiters:
@@ -592,6 +612,8 @@ def _expire(batch: _Batch, children: list[asyncio.Task[None]]) -> None:
         if not child.done():
             child.cancel()
 
+
+_path_of = attrgetter("path")
 
 _KINDS: Final[dict[type, str]] = {
     RemoveFile: RemoveFile.kind,

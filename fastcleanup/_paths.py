@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Iterable
 
 from ._tasks import remove_tree_sync
@@ -89,14 +88,14 @@ def remove_tree_confined(path: str | bytes, roots: Roots | None) -> None:
 class UnlinkJob:
     """Unlink many paths in one executor job: one hop per batch, not per file.
 
-    ``done`` counts the paths finished, ``errors`` lists ``(index, error)``
-    for those that failed; a path already gone is a success. ``started`` is
-    when the current path began (for the per-file timeout) and setting
-    ``stop`` ends the job before its next path. When the job ends it
-    resolves ``fut`` on ``loop`` with False (not hung).
+    ``done`` counts the paths finished (the loop's watchdog reads it as
+    progress), ``errors`` lists ``(index, error)`` for those that failed; a
+    path already gone is a success. Setting ``stop`` ends the job before its
+    next path. When the job ends it resolves ``fut`` on ``loop`` with False
+    (not hung).
     """
 
-    __slots__ = ("done", "errors", "fut", "loop", "paths", "roots", "started", "stop", "watchdog")
+    __slots__ = ("done", "errors", "fut", "loop", "paths", "roots", "running", "stop", "watchdog")
 
     def __init__(
         self,
@@ -111,11 +110,12 @@ class UnlinkJob:
         self.fut = fut
         self.done = 0
         self.errors: list[tuple[int, OSError]] = []
-        self.started = 0.0
+        self.running = False
         self.stop = False
         self.watchdog: asyncio.TimerHandle | None = None
 
     def __call__(self) -> None:
+        self.running = True
         try:
             if self.roots is None:
                 self._plain()
@@ -129,11 +129,10 @@ class UnlinkJob:
                     pass  # the loop is closed: the next init_worker() takes the batch back
 
     def _plain(self) -> None:
-        unlink, clock = os.unlink, time.monotonic
+        unlink = os.unlink
         for k, p in enumerate(self.paths):
             if self.stop:
                 return
-            self.started = clock()
             try:
                 unlink(p)
             except FileNotFoundError:
@@ -143,11 +142,9 @@ class UnlinkJob:
             self.done = k + 1
 
     def _confined(self, roots: Roots) -> None:
-        clock = time.monotonic
         for k, p in enumerate(self.paths):
             if self.stop:
                 return
-            self.started = clock()
             try:
                 fd, name = roots.open_parent(p)
                 try:
