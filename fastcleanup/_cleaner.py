@@ -309,9 +309,15 @@ class Cleaner:
         from now until the next ``init_worker()``.
         """
         loop = asyncio.get_running_loop()
-        drained = True
-        if self._dispatcher_loop is loop:
+        other = self._dispatcher_loop
+        if other is not None and other is not loop and other.is_running():
+            raise RuntimeError(
+                f"{self!r} runs on another loop that is still running: await shutdown() there"
+            )
+        if other is loop:
             drained = await self.drain(timeout)
+        else:  # its loop is dead: nothing can finish here
+            drained = not self._queue and self.in_flight == 0
         if self._state is _State.RUNNING:
             self._state = _State.STOPPED
         self._accepting = False
@@ -412,32 +418,22 @@ class Cleaner:
     # -- batch worker ----------------------------------------------------------------
 
     async def _work(self, batch: _Batch) -> None:
-        loop, tasks, files = batch.loop, batch.tasks, batch.files
-        taken = self._tally.taken_by
+        loop, tasks = batch.loop, batch.tasks
         children: list[asyncio.Task[None]] = []
         timer = None
         current_executor.set(self._executor)
         try:
             async with asyncio.TaskGroup() as tg:
                 if list(map(type, tasks)).count(RemoveFile) == len(tasks):
-                    # A burst of removals: classify in C, nothing else to spawn.
-                    files.extend(range(len(tasks)))
-                    tasks = ()  # type: ignore[assignment]
-                for i, task in enumerate(tasks):
-                    cls = type(task)
-                    if cls is RemoveFile:
-                        files.append(i)  # all of them go to one executor job below
-                        continue
-                    kind = _KINDS.get(cls) or _kind_or_invalid(task)
-                    taken[kind] = taken.get(kind, 0) + 1
-                    if kind == _INVALID:
-                        self._finish(batch, i, kind, "invalid", None)
-                    else:
-                        children.append(tg.create_task(self._run_one(batch, i, task, kind)))
+                    # A burst of removals: classified in C, nothing to spawn.
+                    batch.files.extend(range(len(tasks)))
+                else:
+                    self._spawn(batch, tg, children)
                 if children:
                     timer = loop.call_at(loop.time() + self._task_timeout, _expire, batch, children)
-                if files:
-                    taken["remove_file"] = taken.get("remove_file", 0) + len(files)
+                if batch.files:
+                    taken = self._tally.taken_by
+                    taken["remove_file"] = taken.get("remove_file", 0) + len(batch.files)
                     await self._remove_files(batch)
         except asyncio.CancelledError:
             self._requeue(batch)  # the loop is dying or shutdown() gave up: nothing is lost
@@ -446,6 +442,23 @@ class Cleaner:
             if timer is not None:
                 timer.cancel()
             self._batch_done(batch)
+
+    def _spawn(
+        self, batch: _Batch, tg: asyncio.TaskGroup, children: list[asyncio.Task[None]]
+    ) -> None:
+        """Start a child per task; note the files (one job runs them all) and the invalid."""
+        taken = self._tally.taken_by
+        for i, task in enumerate(batch.tasks):
+            cls = type(task)
+            if cls is RemoveFile:
+                batch.files.append(i)
+                continue
+            kind = _KINDS.get(cls) or _kind_or_invalid(task)
+            taken[kind] = taken.get(kind, 0) + 1
+            if kind == _INVALID:
+                self._finish(batch, i, kind, "invalid", None)
+            else:
+                children.append(tg.create_task(self._run_one(batch, i, task, kind)))
 
     async def _run_one(self, batch: _Batch, i: int, task: Any, kind: str) -> None:
         try:
@@ -568,10 +581,31 @@ class Cleaner:
 
     # -- interpreter exit and fork (driven by _lifecycle) ----------------------------
 
+    def _stop_live_dispatcher(self, deadline: float) -> bool:
+        """Stop a dispatcher still running in another thread; True once none runs.
+
+        Only one consumer may pop the queue at a time: the dispatcher takes a
+        batch by popping in C, and a second consumer could empty the queue
+        between its length check and its pops.
+        """
+        loop, task = self._dispatcher_loop, self._dispatcher
+        if loop is None or task is None or loop.is_closed() or not loop.is_running():
+            return True
+        try:
+            loop.call_soon_threadsafe(task.cancel)
+        except RuntimeError:
+            return True  # closed meanwhile
+        until = min(deadline, time.monotonic() + 1.0)
+        while self._dispatcher_loop is loop and time.monotonic() < until:
+            time.sleep(0.001)
+        return self._dispatcher_loop is not loop
+
     def _run_at_exit(self, deadline: float) -> None:
         """Run queued file and tree removals synchronously; count the rest as dropped."""
         self._state = _State.EXITED
         self._accepting = False
+        if not self._stop_live_dispatcher(deadline):
+            return  # a loop in another thread still owns the queue: leave it be
         for batch in list(self._batches):
             if not batch.loop.is_running():
                 self._requeue(batch)

@@ -234,3 +234,69 @@ def test_forked_child_starts_clean(
     loop.run_until_complete(finish())
     loop.close()
     assert os.listdir(scratch) == []  # the parent still owned them and ran them
+
+
+@pytest.mark.timeout(60)
+def test_exit_with_a_loop_alive_in_a_daemon_thread(scratch: Path) -> None:
+    """The loop still runs in a background thread at exit: it is stopped, the queue is run."""
+    make_files(scratch, 2_000)
+    proc = run_script(
+        """
+        import asyncio, os, sys, threading
+        import fastcleanup as fc
+
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        async def serve():
+            fc.init_worker()
+            started.set()
+            await asyncio.Event().wait()
+
+        threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True).start()
+        started.wait(10)
+        gate = threading.Event()
+        # Make the loop thread busy so the queue is still full when main exits.
+        loop.call_soon_threadsafe(gate.wait, 0.5)
+        for name in os.listdir(sys.argv[1]):
+            fc.submit(fc.RemoveFile(os.path.join(sys.argv[1], name)))
+        print(fc.stats().queued)
+        """,
+        str(scratch),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) > 0
+    assert os.listdir(scratch) == []
+
+
+def test_shutdown_must_run_on_the_cleaners_loop(loop_kind: str, make_cleaner: MakeCleaner) -> None:
+    import threading
+
+    cleaner = make_cleaner()
+    other = loop_factory(loop_kind)()
+    started, release = threading.Event(), threading.Event()
+
+    async def owner() -> None:
+        cleaner.init_worker()
+        started.set()
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
+        await cleaner.shutdown()
+
+    thread = threading.Thread(target=other.run_until_complete, args=(owner(),))
+    thread.start()
+    try:
+        assert started.wait(5)
+
+        async def intruder() -> None:
+            with pytest.raises(RuntimeError, match="await shutdown"):
+                await cleaner.shutdown()
+            with pytest.raises(RuntimeError, match="another loop"):
+                cleaner.init_worker()
+
+        run_on(loop_kind, intruder())
+        assert cleaner.worker_inited()  # the refused shutdown changed nothing
+    finally:
+        release.set()
+        thread.join()
+        other.close()
+    assert not cleaner.worker_inited()
