@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from itertools import islice
 from operator import attrgetter
 from types import TracebackType
@@ -37,11 +37,31 @@ class _State(enum.Enum):
     EXITED = "exited"  # the interpreter is exiting: submit counts the task as dropped at exit
 
 
+class _Requeued:
+    """A task a dead loop handed back: already counted in submitted_total{task}."""
+
+    __slots__ = ("task",)
+
+    def __init__(self, task: object) -> None:
+        self.task = task
+
+
+def _unwrap(tasks: list[Any]) -> set[int]:
+    """Unwrap requeued tasks in place; return their slots."""
+    slots = set()
+    for i, task in enumerate(tasks):
+        if type(task) is _Requeued:
+            tasks[i] = task.task
+            slots.add(i)
+    return slots
+
+
 class _Batch:
     """Up to ``batch_size`` tasks handed to one worker; finished slots become ``_DONE``."""
 
     __slots__ = (
-        "abandoned", "expired", "files", "files_done", "first_seq", "job", "loop", "seen_at",
+        "abandoned", "counted", "expired", "files", "files_done", "first_seq", "job", "loop",
+        "seen_at",
         "tasks", "worker",
     )  # fmt: skip
 
@@ -54,6 +74,7 @@ class _Batch:
         self.loop = loop
         self.expired = False  # the batch deadline passed: cancelled children count as timeouts
         self.abandoned = False  # its tasks were taken back; the worker must not count them
+        self.counted = False  # its tasks are in submitted_total{task}
         self.job: UnlinkJob | None = None
         self.worker: asyncio.Task[None] | None = None
         self.files: list[int] = []  # slots of the RemoveFile tasks, removed in this order
@@ -265,6 +286,8 @@ class Cleaner:
         if batch.job is not None:
             batch.job.stop = True
         rest = batch.unfinished()
+        if batch.counted:  # mark them so submitted_total{task} never counts one twice
+            rest = [t if type(t) is _Requeued else _Requeued(t) for t in rest]
         self._queue.extendleft(reversed(rest))
         self._taken -= len(rest)
         self.in_flight -= len(rest)
@@ -424,16 +447,19 @@ class Cleaner:
         current_executor.set(self._executor)
         try:
             async with asyncio.TaskGroup() as tg:
-                if list(map(type, tasks)).count(RemoveFile) == len(tasks):
+                types = list(map(type, tasks))
+                retaken = _unwrap(tasks) if _Requeued in types else ()
+                if types.count(RemoveFile) == len(tasks):
                     # A burst of removals: classified in C, nothing to spawn.
                     batch.files.extend(range(len(tasks)))
+                    taken = self._tally.taken_by
+                    taken["remove_file"] = taken.get("remove_file", 0) + len(tasks) - len(retaken)
                 else:
-                    self._spawn(batch, tg, children)
+                    self._spawn(batch, tg, children, retaken)
+                batch.counted = True
                 if children:
                     timer = loop.call_at(loop.time() + self._task_timeout, _expire, batch, children)
                 if batch.files:
-                    taken = self._tally.taken_by
-                    taken["remove_file"] = taken.get("remove_file", 0) + len(batch.files)
                     await self._remove_files(batch)
         except asyncio.CancelledError:
             self._requeue(batch)  # the loop is dying or shutdown() gave up: nothing is lost
@@ -444,17 +470,26 @@ class Cleaner:
             self._batch_done(batch)
 
     def _spawn(
-        self, batch: _Batch, tg: asyncio.TaskGroup, children: list[asyncio.Task[None]]
+        self,
+        batch: _Batch,
+        tg: asyncio.TaskGroup,
+        children: list[asyncio.Task[None]],
+        retaken: Collection[int],
     ) -> None:
-        """Start a child per task; note the files (one job runs them all) and the invalid."""
+        """Start a child per task; note the files (one job runs them all) and the invalid.
+
+        Each task is counted by kind here, once: ``retaken`` are slots of
+        tasks a dead loop handed back, counted when first taken.
+        """
         taken = self._tally.taken_by
         for i, task in enumerate(batch.tasks):
             cls = type(task)
+            kind = _KINDS.get(cls) or _kind_or_invalid(task)
+            if i not in retaken:
+                taken[kind] = taken.get(kind, 0) + 1
             if cls is RemoveFile:
                 batch.files.append(i)
                 continue
-            kind = _KINDS.get(cls) or _kind_or_invalid(task)
-            taken[kind] = taken.get(kind, 0) + 1
             if kind == _INVALID:
                 self._finish(batch, i, kind, "invalid", None)
             else:
@@ -614,9 +649,13 @@ class Cleaner:
             try:
                 task = take()
             except IndexError:
-                break  # a live dispatcher in another thread took the last one
+                break
+            counted = type(task) is _Requeued
+            if counted:
+                task = task.task
             kind = _kind_or_invalid(task)
-            tally.take(kind)
+            if not counted:
+                tally.take(kind)
             if kind == _INVALID:
                 tally.fail(kind, "invalid")
             elif type(task) in (RemoveFile, RemoveTree) and time.monotonic() < deadline:

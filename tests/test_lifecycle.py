@@ -62,6 +62,7 @@ def test_loop_death_requeues_and_next_loop_adopts(
     assert set(runs.values()) == {1}
     stats = cleaner.stats()
     assert (stats.submitted, stats.completed) == (1000, 1000)
+    assert cleaner._tally.taken_by == {"call": 1000}  # requeued tasks are not counted twice
     assert_conserved(stats)
 
 
@@ -103,6 +104,7 @@ def test_closed_loop_without_cancellation_is_adopted(
 
     run_on(loop_kind, again())
     assert runs == Counter(range(10))
+    assert cleaner._tally.taken_by == {"call": 10}
 
 
 def test_submit_never_raises_on_a_closed_loop(loop_kind: str, make_cleaner: MakeCleaner) -> None:
@@ -133,7 +135,13 @@ def test_exit_without_shutdown_removes_queued_files(scratch: Path, use_uvloop: s
     paths = make_files(scratch, 10_000)
     proc = run_script(
         """
-        import asyncio, os, sys
+        import asyncio, atexit, os, sys
+
+        def report():  # registered first, so it runs after fastcleanup's exit work
+            s = fc.stats()
+            print(s.completed, s.dropped_at_exit, fc._default.default_cleaner._tally.taken_by)
+
+        atexit.register(report)
         import fastcleanup as fc
 
         async def main():
@@ -151,10 +159,12 @@ def test_exit_without_shutdown_removes_queued_files(scratch: Path, use_uvloop: s
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
-    submitted, pending = map(int, proc.stdout.split())
+    first, last = proc.stdout.splitlines()
+    submitted, pending = map(int, first.split())
     assert submitted == len(paths)
     assert pending > 0  # or the test proves nothing about the exit path
     assert os.listdir(scratch) == []
+    assert last == f"{len(paths)} 0 {{'remove_file': {len(paths)}}}"
 
 
 def test_submit_never_raises_at_interpreter_exit(scratch: Path) -> None:
