@@ -230,6 +230,7 @@ class Cleaner:
         kind = _kind_or_invalid(task)
         if self._state is _State.EXITED:
             next(self._tally.submitted)
+            self._tally.take(kind)
             self._tally.drop_at_exit(kind)
         else:
             self._tally.drop_before_init(kind)
@@ -420,6 +421,10 @@ class Cleaner:
             self._idle = False
             if self._dispatcher_loop is loop:
                 self._dispatcher_loop = None
+            # A worker cancelled before its first step (asyncio.run cancels
+            # every task at once) never runs its own requeue: do it for it.
+            for batch in [b for b in self._batches if b.loop is loop and not b.counted]:
+                self._requeue(batch)
 
     def _sight(self, queued: int, now: float) -> None:
         """Note that the first ``taken + queued`` tasks were in the queue at ``now``.
@@ -441,6 +446,8 @@ class Cleaner:
     # -- batch worker ----------------------------------------------------------------
 
     async def _work(self, batch: _Batch) -> None:
+        if batch.abandoned:  # taken back before this worker got to start
+            return
         loop, tasks = batch.loop, batch.tasks
         children: list[asyncio.Task[None]] = []
         timer = None

@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 __all__ = ["MetricsServer", "aiohttp_handler", "asgi_app", "register", "serve"]
 
 _HELP = {
-    "submitted": "Cleanup tasks accepted by submit(), by kind. A task gets its kind label when "
-    "the dispatcher takes it from the queue; until then it is in fastcleanup_queued.",
+    "submitted": "Cleanup tasks accepted by submit(), by kind. A task is counted when the "
+    "dispatcher first takes it from the queue; until then it is only in fastcleanup_queued (a "
+    "task handed back by a dead loop or by shutdown() is counted and queued again).",
     "dropped_before_init": "Cleanup tasks submitted while the cleaner was not started "
     "(before init_worker() or after shutdown()); they never run.",
     "completed": "Cleanup tasks that finished; a file already gone counts as completed.",
