@@ -12,6 +12,7 @@ cleaners run their exit work, so their files are removed too.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import tempfile
@@ -41,9 +42,17 @@ def _fire(key: int, submit: Callable[[CleanupTask], None], task: CleanupTask) ->
 
 
 def fire_pending() -> None:
-    """Run every guard finalizer still pending (interpreter exit)."""
+    """Run every guard finalizer still pending (interpreter exit).
+
+    Calling a ``weakref.finalize`` does nothing once weakref's own exit hook
+    has run (it may have registered after ours, and so run before it), so
+    each is detached and its callback called directly.
+    """
     for fin in list(_pending.values()):
-        fin()
+        info = fin.detach()
+        if info is not None:
+            _, func, args, kwargs = info
+            func(*args, **(kwargs or {}))
 
 
 def _submitter(cleaner: Cleaner | None) -> Callable[[CleanupTask], None]:
@@ -68,7 +77,9 @@ def on_collect(
     """Submit ``task`` when ``obj`` is garbage-collected.
 
     Returns the ``weakref.finalize``; call ``.detach()`` to cancel. ``task``
-    must not refer to ``obj``, or ``obj`` is never collected.
+    must not refer to ``obj``, or ``obj`` is never collected. An object held
+    in a reference cycle (an exception's traceback keeps the frame that
+    raised it alive, for one) goes only when the cycle collector runs.
 
     >>> fc.on_collect(page, fc.RemoveTree(page.profile_dir))
     """
@@ -189,12 +200,29 @@ class StagingFile:
             raise RuntimeError("StagingFile is not open")
         await self._file.close()
         self._file = None
-        await aiofiles.os.replace(self.part, self.dest, executor=self._executor)
+        rename = asyncio.ensure_future(
+            aiofiles.os.replace(self.part, self.dest, executor=self._executor)
+        )
+        try:
+            await asyncio.shield(rename)
+        except asyncio.CancelledError:
+            # The rename runs on in its thread whatever happens here: learn its
+            # outcome before passing the cancellation on, so that ``committed``
+            # tells the truth and abort() never races a finished rename.
+            await _wait_out(rename)
+            if rename.exception() is None:
+                self._committed()
+            raise
+        self._committed()
+
+    def _committed(self) -> None:
         self._finalizer.detach()
         self.committed = True
 
     async def abort(self) -> None:
-        """Close the partial file and submit its removal."""
+        """Close the partial file and submit its removal (nothing once committed)."""
+        if self.committed:
+            return
         file, self._file = self._file, None
         try:
             if file is not None:
@@ -220,3 +248,17 @@ class StagingFile:
     def __repr__(self) -> str:
         state = "committed" if self.committed else ("open" if self._file else "closed")
         return f"<StagingFile {self.dest!r} {state} {self.bytes_written} bytes>"
+
+
+async def _wait_out(fut: asyncio.Future[Any]) -> None:
+    """Wait for ``fut`` even through further cancellations; they are re-raised after."""
+    cancelled = False
+    while not fut.done():
+        try:
+            await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            cancelled = True
+        except BaseException:
+            break
+    if cancelled:
+        raise asyncio.CancelledError

@@ -12,6 +12,7 @@ registry without a clash.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
@@ -174,9 +175,14 @@ class MetricsServer:
         return f"http://{host}:{self.port}/metrics"
 
     def close(self) -> None:
+        """Stop serving. Blocks up to half a second (the server's poll interval)."""
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
+
+    async def aclose(self) -> None:
+        """``close()`` without blocking the event loop."""
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
 
     def __enter__(self) -> MetricsServer:
         return self
@@ -216,8 +222,6 @@ def aiohttp_handler(registry: CollectorRegistry = REGISTRY) -> Callable[[Any], A
     from aiohttp import web  # optional dependency: pip install fastcleanup[demo]
 
     async def handler(request: web.Request) -> web.Response:
-        import asyncio
-
         body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

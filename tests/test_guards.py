@@ -126,3 +126,67 @@ def test_staging_file_rejects_bad_destinations(scratch: Path) -> None:
 async def test_write_before_open_says_how_to_fix(scratch: Path) -> None:
     with pytest.raises(RuntimeError, match="async with"):
         await fc.StagingFile(scratch / "x").write(b"x")
+
+
+async def test_cancelled_commit_still_tells_the_truth(
+    scratch: Path, make_cleaner: MakeCleaner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancellation landing during the rename: the rename finishes, nothing leaks."""
+    import aiofiles.os
+
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    renaming = asyncio.Event()
+
+    async def slow_replace(src: str, dst: str, **kwargs: object) -> None:
+        renaming.set()
+        await asyncio.sleep(0.1)
+        os.replace(src, dst)
+
+    monkeypatch.setattr(aiofiles.os, "replace", slow_replace)
+    dest = scratch / "page.html"
+    out = fc.StagingFile(dest, cleaner=cleaner)
+
+    async def download() -> None:
+        async with out:
+            await out.write(b"whole body")
+
+    task = asyncio.create_task(download())
+    await renaming.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert out.committed
+    assert dest.read_bytes() == b"whole body"
+    assert await cleaner.drain(timeout=5)
+    assert os.listdir(scratch) == ["page.html"]
+    await cleaner.shutdown()
+
+
+def test_guards_alive_at_exit_fire_before_the_exit_work(scratch: Path) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    code = """
+        import sys
+        import fastcleanup as fc
+
+        async def main():
+            fc.init_worker()
+
+        fc.run(main())
+        # Created after fastcleanup registered its exit hook: weakref's own
+        # exit hook (registered by the first finalizer) runs before ours.
+        keep = fc.TempFile(dir=sys.argv[1])
+        keep.path.write_text("scratch")
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), str(scratch)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert os.listdir(scratch) == []
