@@ -1,0 +1,178 @@
+"""The benchmark harness works: small bursts, every file gone, a table with finite ratios.
+
+Timings are never asserted here (benchmarks are measurements); what is
+asserted is what each part did: files removed, calls run, items received.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from fastcleanup import _bench
+from fastcleanup._bench import Report, Target, main, measure_calls, targets
+from fastcleanup._bench_competitors import FILE_COMPETITORS
+from fastcleanup._bench_harness import (
+    BenchError,
+    Burst,
+    BurstSession,
+    Competitor,
+    Measurement,
+    make_files,
+    percentile,
+    run_files,
+    summarize,
+)
+from fastcleanup._bench_micro import bytes_per_queued_remove_file, submit_costs
+
+
+@pytest.mark.parametrize(
+    "name", ["unlink-1-thread", "rust-port", "fastcleanup-asyncio", "fastcleanup-uvloop"]
+)
+def test_a_burst_removes_every_file(name: str, tmp_path: Path) -> None:
+    files = make_files(300, str(tmp_path))
+    assert len(os.listdir(files.root)) == 300
+    with BurstSession(FILE_COMPETITORS[name]) as session:
+        m = run_files(session, files)
+    assert not any(os.path.lexists(p) for p in files.paths)
+    assert not os.path.exists(files.root)
+    assert (m.competitor, m.items) == (name, 300)
+    assert m.seconds > 0
+    assert math.isfinite(m.rate)
+    assert math.isfinite(m.stall_p99_ms)
+    assert m.stall_max_ms >= m.stall_p99_ms >= 0
+
+
+def test_a_competitor_that_leaves_files_raises(tmp_path: Path) -> None:
+    @contextlib.asynccontextmanager
+    async def half() -> AsyncIterator[Burst[Sequence[str]]]:
+        async def burst(paths: Sequence[str]) -> None:
+            for p in paths[: len(paths) // 2]:
+                os.unlink(p)
+
+        yield burst
+
+    files = make_files(10, str(tmp_path))
+    with (
+        BurstSession(Competitor("half", "removes half", half, loop="asyncio")) as session,
+        pytest.raises(BenchError, match="half left 5 of 10 files"),
+    ):
+        run_files(session, files)
+    assert not os.path.exists(files.root)  # disposed of all the same
+
+
+@pytest.mark.parametrize("name", ["taskgroup-64-asyncio", "fastcleanup-asyncio"])
+def test_call_competitors_run_every_call(name: str) -> None:
+    m = measure_calls(name, 500)
+    assert (m.competitor, m.items, m.loop) == (name, 500, "asyncio")
+    assert math.isfinite(m.rate)
+
+
+def test_submit_costs_are_measured_for_each_variant() -> None:
+    variants = ("deque.append", "fastcleanup.submit", "call_soon_threadsafe-asyncio")
+    costs = submit_costs(2_000, 2, variants)
+    assert [c.variant for c in costs] == list(variants)
+    for c in costs:
+        assert 0 < c.ns_best <= c.ns_median < 1e7
+        assert (c.calls, c.repeat) == (2_000, 2)
+
+
+def test_bytes_per_queued_remove_file_counts_the_queued_tasks() -> None:
+    per_task = bytes_per_queued_remove_file(20_000, "asyncio")
+    # A deque slot is 8 bytes; a task object at least a header; a path copy would be 100+.
+    assert 16 < per_task < 1_000
+
+
+def test_percentile_and_summarize() -> None:
+    assert percentile([5.0, 1.0, 3.0], 99) == 5.0
+    assert percentile(list(map(float, range(1, 101))), 99) == 99.0
+    assert math.isnan(percentile([], 99))
+    ms = [Measurement("c", "asyncio", 10, s, 1.0, s, 2.0, 0.5) for s in (1.0, 3.0, 2.0)]
+    med = summarize(ms)
+    assert (med.seconds, med.stall_max_ms, med.rate) == (2.0, 2.0, 5.0)
+    with pytest.raises(ValueError, match="cannot summarize"):
+        summarize([*ms, Measurement("other", "asyncio", 10, 1.0, 1.0, 1.0, 1.0, 1.0)])
+
+
+def test_targets_compare_within_the_run() -> None:
+    def m(name: str, seconds: float) -> Measurement:
+        return Measurement(name, "uvloop", 1000, seconds, 1.0, 4.0, 3.0, 1.0)
+
+    report = Report(
+        files={
+            "unlink-1-thread": m("unlink-1-thread", 1.0),
+            "gather-aiofiles": m("gather-aiofiles", 10.0),
+            "fastcleanup-uvloop": m("fastcleanup-uvloop", 0.5),
+        },
+        calls={},
+        submit=[],
+        bytes_per_task=300.0,
+    )
+    found = {t.what: t for t in targets(report)}
+    assert found["fastcleanup-uvloop vs unlink-1-thread"].value == 2.0
+    assert found["fastcleanup-uvloop vs unlink-1-thread"].met
+    assert found["fastcleanup-uvloop vs gather-aiofiles"].value == 20.0
+    assert not found["bytes per queued RemoveFile"].met
+    assert "[MISSED]" in found["bytes per queued RemoveFile"].line()
+    assert not Target("nan", math.nan, 1.0, True).met
+
+
+_SMALL = ["--files", "200", "--calls", "200", "--submit-calls", "1000", "--queued", "2000"]
+
+
+def test_main_quick_prints_the_comparison(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chart = tmp_path / "bench.png"
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = ["--quick", *_SMALL, "--dir", str(work), "--plot", str(chart)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert list(work.iterdir()) == []  # every burst's files and directories are gone
+    assert chart.stat().st_size > 1000
+    table = out.split("Burst of 200 RemoveFile")[1].split("\n\n")[0]
+    ratios = {}
+    for line in table.splitlines()[3:]:
+        if line.strip().startswith("("):
+            continue  # the idle loop's floor, below the rows
+        cells = re.split(r"\s{2,}", line.strip())
+        ratios[cells[0]] = float(cells[3])
+    assert set(ratios) == set(FILE_COMPETITORS)
+    assert ratios["unlink-1-thread"] == 1.0
+    assert all(math.isfinite(r) and r > 0 for r in ratios.values())
+    for section in ("trivial Call tasks", "Hand-off from a foreign thread", "bytes per queued"):
+        assert section in out
+    assert "this machine's floor right now" in out
+    assert "Targets of issue 3" in out
+    assert re.search(r"\[(met   |MISSED)\] fastcleanup-uvloop vs unlink-1-thread: [0-9.]+x", out)
+
+
+def test_main_only_runs_the_named_competitors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--only", "unlink-1-thread", "--only", "taskgroup-64-asyncio", *_SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "unlink-1-thread" in out
+    assert "taskgroup-64-asyncio" in out
+    assert "gather-aiofiles" not in out
+    assert "Hand-off" not in out
+
+
+def test_main_plot_without_matplotlib_says_how_to_fix(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setattr(_bench, "_importable", lambda module: module != "matplotlib")
+    assert main(["--quick", "--plot", str(tmp_path / "x.png")]) == 2
+    assert "pip install 'fastcleanup[plot]'" in capsys.readouterr().err
+
+
+def test_main_rejects_a_size_below_one(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--files", "0"])
+    assert exc.value.code == 2
+    assert "--files must be >= 1" in capsys.readouterr().err
