@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from itertools import islice
 from operator import attrgetter
 from types import TracebackType
@@ -27,8 +27,30 @@ __all__ = ["Cleaner"]
 
 logger = logging.getLogger("fastcleanup")
 
+_PUT, _IDLE = 0, 1  # slots of Cleaner._hot (the submit closure spells them as literals)
 _DONE: Final = object()  # marks a finished slot in a batch (a task itself may be None)
 _INVALID: Final = "invalid"
+
+
+def _submitter(hot: list[Any]) -> Callable[[CleanupTask], None]:
+    def submit(task: CleanupTask, *, _hot: list[Any] = hot) -> None:
+        """Hand ``task`` over; it runs on the cleaner's loop.
+
+        Never raises and never blocks: safe in ``__del__``, ``weakref.finalize``
+        callbacks, signal handlers and other threads. It is a plain function
+        over one list (a method would cost a third more): one C-level append
+        to the queue (re-entrant, no lock) and one flag test; only when the
+        dispatcher sleeps, one wakeup. Before ``init_worker()`` and after
+        ``shutdown()`` the task goes to the refusal counter instead.
+        """
+        try:
+            _hot[0](task)
+            if _hot[1]:
+                _hot[2]()
+        except Exception:  # submit must never raise; only MemoryError could get here
+            pass
+
+    return submit
 
 
 class _State(enum.Enum):
@@ -102,8 +124,6 @@ class Cleaner:
 
     __slots__ = (
         "__weakref__",
-        "_accepting",
-        "_append",
         "_batch_size",
         "_batches",
         "_capacity",
@@ -112,7 +132,7 @@ class Cleaner:
         "_drain_waiters",
         "_executor",
         "_exit_timeout",
-        "_idle",
+        "_hot",
         "_io_threads",
         "_loop",
         "_marks",
@@ -121,12 +141,14 @@ class Cleaner:
         "_queue",
         "_refill_at",
         "_roots",
+        "_seq",
         "_state",
         "_taken",
         "_tally",
         "_task_timeout",
         "_waiter",
         "in_flight",
+        "submit",
     )
 
     def __init__(
@@ -167,11 +189,18 @@ class Cleaner:
     def _reset(self) -> None:
         """Start from nothing: construction, and the child after fork()."""
         self._state = _State.STOPPED
-        self._accepting = False
         self._queue: deque[Any] = deque()
-        self._append = self._queue.append
+        # The submit path's whole state, read by the submit closure: what to
+        # call with a task (the queue's append while started, the refusal
+        # counter otherwise), whether the dispatcher sleeps, how to wake it.
+        # Mutated in place, never replaced: fc.submit holds the closure.
+        hot = [self._refuse, False, self._wake]
+        if hasattr(self, "_hot"):
+            self._hot[:] = hot
+        else:
+            self._hot: list[Any] = hot
+            self.submit = _submitter(hot)
         self._tally = Tally()
-        self._idle = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._dispatcher_loop: asyncio.AbstractEventLoop | None = None
@@ -180,7 +209,8 @@ class Cleaner:
         self._batches: set[_Batch] = set()
         self._drain_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._marks: deque[tuple[int, float]] = deque()
-        self._taken = 0
+        self._taken = 0  # tasks taken from the queue, minus those handed back
+        self._seq = 0  # odd while a consumer moves tasks out of or back into the queue
         self.in_flight = 0
         self._executor = None  # a forked child has none of the parent's threads
 
@@ -197,29 +227,13 @@ class Cleaner:
 
     # -- submit: any thread, any context -------------------------------------------
 
-    def submit(self, task: CleanupTask) -> None:
-        """Hand ``task`` over; it runs on the cleaner's loop.
-
-        Never raises and never blocks: safe in ``__del__``, ``weakref.finalize``
-        callbacks, signal handlers and other threads. The hot path is one
-        flag test, one C-level count, one ``deque.append`` (all re-entrant)
-        and, only when the dispatcher sleeps, one wakeup.
-        """
-        try:
-            if self._accepting:
-                next(self._tally.submitted)
-                self._append(task)
-                if self._idle:
-                    self._wake()
-            else:
-                self._refuse(task)
-        except Exception:  # submit must never raise; only MemoryError could get here
-            pass
+    submit: Callable[[CleanupTask], None]
+    """Hand a task over; it runs on the cleaner's loop. See :func:`_submitter`."""
 
     def _wake(self) -> None:
         # Runs once per idle->busy transition, not per task: a burst wakes the
-        # loop once. Clearing _idle first lets the other producers skip this.
-        self._idle = False
+        # loop once. Clearing the flag first lets the other producers skip this.
+        self._hot[_IDLE] = False
         loop = self._loop
         try:
             loop.call_soon_threadsafe(self._on_wake)  # type: ignore[union-attr]
@@ -229,7 +243,7 @@ class Cleaner:
     def _refuse(self, task: object) -> None:
         kind = _kind_or_invalid(task)
         if self._state is _State.EXITED:
-            next(self._tally.submitted)
+            next(self._tally.exit_submitted)
             self._tally.take(kind)
             self._tally.drop_at_exit(kind)
         else:
@@ -264,10 +278,10 @@ class Cleaner:
             self._executor = DaemonExecutor(self._io_threads, name=f"fastcleanup-{self._name}")
         self._loop = loop
         self._state = _State.RUNNING
-        self._idle = False
+        self._hot[_IDLE] = False
         self._dispatcher_loop = loop
         self._dispatcher = loop.create_task(self._dispatch(), name=f"fastcleanup-{self._name}")
-        self._accepting = True
+        self._hot[_PUT] = self._queue.append
         _lifecycle.hold(self)
         return self
 
@@ -289,8 +303,10 @@ class Cleaner:
         rest = batch.unfinished()
         if batch.counted:  # mark them so submitted_total{task} never counts one twice
             rest = [t if type(t) is _Requeued else _Requeued(t) for t in rest]
+        self._seq += 1
         self._queue.extendleft(reversed(rest))
         self._taken -= len(rest)
+        self._seq += 1
         self.in_flight -= len(rest)
         self._batches.discard(batch)
 
@@ -299,7 +315,7 @@ class Cleaner:
 
         Returns False if ``timeout`` seconds passed first.
         """
-        target = count_value(self._tally.submitted)
+        target = self._submitted()
         if self._drained(target):
             return True
         loop = asyncio.get_running_loop()
@@ -344,7 +360,7 @@ class Cleaner:
             drained = not self._queue and self.in_flight == 0
         if self._state is _State.RUNNING:
             self._state = _State.STOPPED
-        self._accepting = False
+        self._hot[_PUT] = self._refuse
         running = [b.worker for b in self._batches if b.loop is loop and b.worker is not None]
         if self._dispatcher is not None and self._dispatcher_loop is loop:
             running.append(self._dispatcher)
@@ -378,7 +394,27 @@ class Cleaner:
 
     def stats(self) -> Stats:
         """A frozen snapshot of the counters; cheap, callable from any thread."""
-        return self._tally.snapshot(len(self._queue), self.in_flight)
+        return self._tally.snapshot(self._submitted(), len(self._queue), self.in_flight)
+
+    def _submitted(self) -> int:
+        """Tasks accepted so far: those taken from the queue plus those still in it.
+
+        submit() counts nothing (a count per call would cost as much as the
+        rest of it); the queue's consumers keep ``_taken`` instead and bump
+        ``_seq`` around each move, so a reader in another thread retries
+        until it sees no move half done. Appends need no care: the value
+        read is exact for the moment the queue's length was read.
+        """
+        for _ in range(100):
+            seq = self._seq
+            if not seq & 1:
+                value = self._taken + len(self._queue)
+                if self._seq == seq:
+                    return value + count_value(self._tally.exit_submitted)
+            time.sleep(0)  # the consumer is mid-move in another thread: let it finish
+        # Only a signal handler or finalizer interrupting the consumer on its
+        # own thread gets here; its move cannot finish until we return.
+        return self._taken + len(self._queue) + count_value(self._tally.exit_submitted)
 
     # -- dispatcher: the loop's side of the queue -----------------------------------
 
@@ -389,17 +425,17 @@ class Cleaner:
 
     async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
-        queue, take = self._queue, self._queue.popleft
+        queue, take, hot = self._queue, self._queue.popleft, self._hot
         try:
             while True:
                 if not queue:
-                    self._idle = True
-                    # Re-check after publishing _idle: a producer that appended
-                    # before seeing it did not wake us (the lost-wakeup race).
+                    hot[_IDLE] = True
+                    # Re-check after publishing that we sleep: a producer that
+                    # appended before seeing it did not wake us (lost wakeup).
                     if not queue:
                         self._waiter = loop.create_future()
                         await self._waiter
-                    self._idle = False
+                    hot[_IDLE] = False
                     continue
                 self._sight(len(queue), time.monotonic())
                 if len(self._batches) >= self._max_batches:
@@ -410,15 +446,18 @@ class Cleaner:
                 # popleft() called n times from C. The list is the worker's to
                 # keep: a Python list frees its storage on clear(), so a reused
                 # buffer would cost one more copy per batch, not one less.
+                self._seq += 1
                 tasks = list(islice(iter(take, _DONE), n))
-                batch = _Batch(tasks, self._taken + 1, self._seen_at(self._taken + 1), loop)
                 self._taken += n
+                self._seq += 1
+                first = self._taken - n + 1
+                batch = _Batch(tasks, first, self._seen_at(first), loop)
                 self.in_flight += n
                 self._tally.batch_size.observe(n)
                 self._batches.add(batch)
                 batch.worker = loop.create_task(self._work(batch))
         finally:
-            self._idle = False
+            hot[_IDLE] = False
             if self._dispatcher_loop is loop:
                 self._dispatcher_loop = None
             # A worker cancelled before its first step (asyncio.run cancels
@@ -645,7 +684,7 @@ class Cleaner:
     def _run_at_exit(self, deadline: float) -> None:
         """Run queued file and tree removals synchronously; count the rest as dropped."""
         self._state = _State.EXITED
-        self._accepting = False
+        self._hot[_PUT] = self._refuse
         if not self._stop_live_dispatcher(deadline):
             return  # a loop in another thread still owns the queue: leave it be
         for batch in list(self._batches):
@@ -653,10 +692,14 @@ class Cleaner:
                 self._requeue(batch)
         tally, take = self._tally, self._queue.popleft
         while self._queue:
+            self._seq += 1
             try:
                 task = take()
+                self._taken += 1
             except IndexError:
                 break
+            finally:
+                self._seq += 1
             counted = type(task) is _Requeued
             if counted:
                 task = task.task

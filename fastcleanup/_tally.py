@@ -2,14 +2,16 @@
 
 Who writes what, so no lock is needed anywhere:
 
-* ``submitted`` is bumped on the submit path from any thread, re-entrantly
-  (a ``__del__`` or a signal handler may interrupt another submit). It is an
-  ``itertools.count``: ``next()`` runs in C under the GIL, so no increment
-  is lost and no lock is taken (``prometheus_client``'s ``Counter.inc()``
-  takes a ``threading.Lock`` and deadlocks when re-entered, client_python
-  #1076).
-* ``dropped_before_init`` is bumped from any thread too: one
-  ``itertools.count`` per kind, created with the atomic ``dict.setdefault``.
+* Nothing is counted on the submit path itself: the cleaner derives
+  ``submitted`` from its queue (see ``Cleaner._submitted``).
+* ``dropped_before_init`` is bumped from any thread, re-entrantly (a
+  ``__del__`` or a signal handler may interrupt another submit): one
+  ``itertools.count`` per kind, created with the atomic ``dict.setdefault``;
+  ``next()`` runs in C under the GIL, so no increment is lost and no lock is
+  taken (``prometheus_client``'s ``Counter.inc()`` takes a
+  ``threading.Lock`` and deadlocks when re-entered, client_python #1076).
+  ``exit_submitted`` (tasks submitted once the interpreter is exiting) works
+  the same way.
 * Everything else is written by one thread at a time: the loop thread of
   the dispatcher, or the exit handler once that loop is dead.
 
@@ -102,15 +104,15 @@ class Tally:
         "dropped_at_exit",
         "dropped_at_exit_by",
         "dropped_before_init_by",
+        "exit_submitted",
         "failed",
         "failed_by",
         "latency",
-        "submitted",
         "taken_by",
     )
 
     def __init__(self) -> None:
-        self.submitted = itertools.count()
+        self.exit_submitted = itertools.count()
         self.dropped_before_init_by: dict[str, itertools.count[int]] = {}
         self.taken_by: dict[str, int] = {}
         self.completed_by: dict[str, int] = {}
@@ -147,9 +149,9 @@ class Tally:
     def dropped_before_init(self) -> int:
         return sum(count_value(c) for c in list(self.dropped_before_init_by.values()))
 
-    def snapshot(self, queued: int, in_flight: int) -> Stats:
+    def snapshot(self, submitted: int, queued: int, in_flight: int) -> Stats:
         return Stats(
-            submitted=count_value(self.submitted),
+            submitted=submitted,
             dropped_before_init=self.dropped_before_init(),
             completed=self.completed,
             failed=self.failed,

@@ -366,21 +366,28 @@ def test_init_worker_needs_a_running_loop(make_cleaner: MakeCleaner) -> None:
         make_cleaner().init_worker()
 
 
-async def test_drain_without_dispatcher_says_what_to_do(
-    make_cleaner: MakeCleaner, scratch: Path
+def test_drain_without_dispatcher_says_what_to_do(
+    loop_kind: str, make_cleaner: MakeCleaner, scratch: Path
 ) -> None:
+    from tests.conftest import loop_factory
+
     cleaner = make_cleaner()
-    assert await cleaner.drain() is True  # nothing pending: nothing to wait for
-    cleaner.init_worker()
-    await cleaner.shutdown()
-    cleaner._state = cleaner._state.RUNNING  # a cleaner whose loop died with work queued
-    cleaner._accepting = True
-    cleaner.submit(fc.RemoveFile(scratch / "x"))
-    with pytest.raises(RuntimeError, match=r"call init_worker\(\) first"):
-        await cleaner.drain()
-    cleaner.init_worker()
-    assert await cleaner.drain(timeout=5)
-    await cleaner.shutdown()
+
+    async def first() -> None:
+        assert await cleaner.drain() is True  # nothing pending: nothing to wait for
+        cleaner.init_worker()
+
+    async def then() -> None:
+        cleaner.submit(fc.RemoveFile(scratch / "x"))  # queued: the cleaner's loop is dead
+        with pytest.raises(RuntimeError, match=r"call init_worker\(\) first"):
+            await cleaner.drain()
+        cleaner.init_worker()
+        assert await cleaner.drain(timeout=5)
+        await cleaner.shutdown()
+
+    for step in (first, then):
+        with asyncio.Runner(loop_factory=loop_factory(loop_kind)) as runner:
+            runner.run(step())
 
 
 @pytest.mark.parametrize(
