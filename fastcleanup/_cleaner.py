@@ -495,11 +495,18 @@ class Cleaner:
             async with asyncio.TaskGroup() as tg:
                 types = list(map(type, tasks))
                 retaken = _unwrap(tasks) if _Requeued in types else ()
-                if types.count(RemoveFile) == len(tasks):
-                    # A burst of removals: classified in C, nothing to spawn.
-                    batch.files.extend(range(len(tasks)))
+                n, kind = len(tasks), _KINDS.get(types[0])
+                if kind is not None and types.count(types[0]) == n:
+                    # One built-in kind, the burst case: classified in C.
                     taken = self._tally.taken_by
-                    taken["remove_file"] = taken.get("remove_file", 0) + len(tasks) - len(retaken)
+                    taken[kind] = taken.get(kind, 0) + n - len(retaken)
+                    if kind == "remove_file":  # nothing to spawn: one job removes them
+                        batch.files.extend(range(n))
+                    else:
+                        run = self._run_one
+                        children = [
+                            tg.create_task(run(batch, i, t, kind)) for i, t in enumerate(tasks)
+                        ]
                 else:
                     self._spawn(batch, tg, children, retaken)
                 batch.counted = True
