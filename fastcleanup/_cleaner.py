@@ -605,7 +605,9 @@ class Cleaner:
                 hung = await fut
             finally:
                 job.watchdog.cancel()  # the current one: _watch may have re-armed it
-            n = job.done  # read once: a hung job may still finish its file later
+            # A hung job may still finish its file (and count it) after the
+            # watchdog gave up on it: what counts is what the watchdog saw.
+            n = job.hung_at if hung else job.done
             if batch.abandoned:
                 return
             errors = [(k, err) for k, err in job.errors if k < n]
@@ -632,7 +634,10 @@ class Cleaner:
         now = time.monotonic()
         if job.done != done or not job.running:  # progress, or still queued behind others
             done, since = job.done, now
-        elif now - since >= self._task_timeout:
+        elif done < len(job.paths) and now - since >= self._task_timeout:
+            # File ``done`` is the one in progress. The thread checks ``stop``
+            # before each file, so none after it starts once this is set.
+            job.hung_at = done
             job.stop = True
             fut.set_result(True)
             return

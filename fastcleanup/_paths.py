@@ -95,7 +95,9 @@ class UnlinkJob:
     (not hung).
     """
 
-    __slots__ = ("done", "errors", "fut", "loop", "paths", "roots", "running", "stop", "watchdog")
+    __slots__ = (
+        "done", "errors", "fut", "hung_at", "loop", "paths", "roots", "running", "stop", "watchdog",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -112,6 +114,7 @@ class UnlinkJob:
         self.errors: list[tuple[int, OSError]] = []
         self.running = False
         self.stop = False
+        self.hung_at = -1  # set by the loop's watchdog: the file it timed out
         self.watchdog: asyncio.TimerHandle | None = None
 
     def __call__(self) -> None:
