@@ -12,7 +12,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
-from itertools import islice
+from itertools import repeat, starmap
 from operator import attrgetter
 from types import TracebackType
 from typing import Any, Final
@@ -59,6 +59,44 @@ class _State(enum.Enum):
     EXITED = "exited"  # the interpreter is exiting: submit counts the task as dropped at exit
 
 
+class _InProgress:
+    """A file removal a dead loop's job was inside: that job's thread decides it.
+
+    Requeued like any unfinished task; when it runs, it waits for the old
+    job to end, takes the outcome the job reached, and removes the file
+    itself only if the job never did.
+    """
+
+    __slots__ = ("index", "job", "roots", "task", "timeout")
+    kind = "remove_file"
+
+    def __init__(
+        self, task: Any, job: UnlinkJob, index: int, roots: Roots | None, timeout: float
+    ) -> None:
+        self.task, self.job, self.index, self.roots = task, job, index, roots
+        self.timeout = timeout  # never hold one of the cleaner's threads longer
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(current_executor.get(), self.settle, self.timeout)
+
+    def settle(self, timeout: float | None) -> None:
+        """Wait for the old job (up to ``timeout``); raise the file's error, if any."""
+        self.job.finished.wait(timeout)
+        if self.job.done > self.index:
+            for k, err in self.job.errors:
+                if k == self.index:
+                    raise err
+            return
+        job = UnlinkJob([self.task.path], self.roots)
+        job()
+        if job.errors:
+            raise job.errors[0][1]
+
+    def __repr__(self) -> str:
+        return f"{self.task!r} (in progress when its loop died)"
+
+
 class _Requeued:
     """A task a dead loop handed back: already counted in submitted_total{task}."""
 
@@ -66,6 +104,34 @@ class _Requeued:
 
     def __init__(self, task: object) -> None:
         self.task = task
+
+
+def _safe_repr(obj: object) -> str:
+    """repr() for a log line: a task's own __repr__ may raise."""
+    try:
+        return repr(obj)
+    except Exception:
+        return f"<{type(obj).__name__} object; its repr() raised>"
+
+
+def _classify(tasks: list[Any]) -> tuple[Collection[int], str | None]:
+    """Unwrap requeued tasks; return their slots, and the kind if all are one built-in kind.
+
+    Done in C (map, count) for the burst case. Only types are compared, and
+    a hostile metaclass that raises from comparing or hashing falls back to
+    the per-task path.
+    """
+    try:
+        types = list(map(type, tasks))
+        retaken: Collection[int] = _unwrap(tasks) if _Requeued in types else ()
+        if retaken:
+            types = list(map(type, tasks))
+        kind = _KINDS.get(types[0])
+        if kind is not None and types.count(types[0]) == len(tasks):
+            return retaken, kind
+        return retaken, None
+    except Exception:
+        return _unwrap(tasks), None
 
 
 def _unwrap(tasks: list[Any]) -> set[int]:
@@ -297,9 +363,23 @@ class Cleaner:
     def _requeue(self, batch: _Batch) -> None:
         if batch.abandoned:
             return
+        job = batch.job
+        if job is not None:
+            job.stop = True
+            # Let the file in progress finish (an unlink takes microseconds;
+            # hung storage gets a tenth of a second), then count what the job
+            # did rather than run it again.
+            if job.running:
+                job.finished.wait(0.1)
+            self._account(batch, job, job.done)
+            if job.running and not job.finished.is_set() and job.done < len(job.paths):
+                # Still inside that unlink: running it again would be a second
+                # run. The job's thread decides its outcome (see _InProgress).
+                slot = batch.files[batch.files_done]
+                batch.tasks[slot] = _InProgress(
+                    batch.tasks[slot], job, job.done, self._roots, self._task_timeout
+                )
         batch.abandoned = True
-        if batch.job is not None:
-            batch.job.stop = True
         rest = batch.unfinished()
         if batch.counted:  # mark them so submitted_total{task} never counts one twice
             rest = [t if type(t) is _Requeued else _Requeued(t) for t in rest]
@@ -447,7 +527,10 @@ class Cleaner:
                 # keep: a Python list frees its storage on clear(), so a reused
                 # buffer would cost one more copy per batch, not one less.
                 self._seq += 1
-                tasks = list(islice(iter(take, _DONE), n))
+                # starmap over empty argument tuples: popleft() n times, in C.
+                # (iter(take, sentinel) would compare each task to the sentinel
+                # with ==, which a task of the user's may override, or raise.)
+                tasks = list(starmap(take, repeat((), n)))
                 self._taken += n
                 self._seq += 1
                 first = self._taken - n + 1
@@ -493,15 +576,13 @@ class Cleaner:
         current_executor.set(self._executor)
         try:
             async with asyncio.TaskGroup() as tg:
-                types = list(map(type, tasks))
-                retaken = _unwrap(tasks) if _Requeued in types else ()
-                n, kind = len(tasks), _KINDS.get(types[0])
-                if kind is not None and types.count(types[0]) == n:
+                retaken, kind = _classify(tasks)
+                if kind is not None:
                     # One built-in kind, the burst case: classified in C.
                     taken = self._tally.taken_by
-                    taken[kind] = taken.get(kind, 0) + n - len(retaken)
+                    taken[kind] = taken.get(kind, 0) + len(tasks) - len(retaken)
                     if kind == "remove_file":  # nothing to spawn: one job removes them
-                        batch.files.extend(range(n))
+                        batch.files.extend(range(len(tasks)))
                     else:
                         run = self._run_one
                         children = [
@@ -514,8 +595,10 @@ class Cleaner:
                     timer = loop.call_at(loop.time() + self._task_timeout, _expire, batch, children)
                 if batch.files:
                     await self._remove_files(batch)
-        except asyncio.CancelledError:
-            self._requeue(batch)  # the loop is dying or shutdown() gave up: nothing is lost
+        except BaseException:
+            # The loop is dying, shutdown() gave up, or Ctrl-C / SystemExit hit
+            # a cleanup: what did not finish goes back to the queue.
+            self._requeue(batch)
             raise
         finally:
             if timer is not None:
@@ -537,11 +620,19 @@ class Cleaner:
         taken = self._tally.taken_by
         for i, task in enumerate(batch.tasks):
             cls = type(task)
-            kind = _KINDS.get(cls) or _kind_or_invalid(task)
-            if i not in retaken:
+            try:
+                kind = _KINDS.get(cls) or _kind_or_invalid(task)
+                # issubclass on the real type: isinstance would consult a
+                # hostile object's own __class__.
+                is_file = cls is RemoveFile or (
+                    issubclass(cls, RemoveFile) and cls.run is RemoveFile.run
+                )
+            except Exception:  # a type whose metaclass raises from __hash__, say
+                kind, is_file = _INVALID, False
+            if i not in retaken and cls is not _InProgress:
                 taken[kind] = taken.get(kind, 0) + 1
-            if cls is RemoveFile:
-                batch.files.append(i)
+            if is_file:
+                batch.files.append(i)  # one job removes them all, confined like the rest
                 continue
             if kind == _INVALID:
                 self._finish(batch, i, kind, "invalid", None)
@@ -553,16 +644,24 @@ class Cleaner:
             cls = type(task)
             if cls is Call:  # skip one coroutine frame on the commonest custom cleanup
                 await task.fn(*task.args, **task.kwargs)
-            elif cls is RemoveTree:
+            elif cls is RemoveTree or (issubclass(cls, RemoveTree) and cls.run is RemoveTree.run):
                 await batch.loop.run_in_executor(
                     self._executor, remove_tree_confined, task.path, self._roots
                 )
             else:
+                if self._roots is not None and issubclass(cls, RemoveFile | RemoveTree):
+                    # A path task with a run() of its own: still confined.
+                    await batch.loop.run_in_executor(self._executor, self._roots.check, task.path)
                 await task.run()
         except asyncio.CancelledError:
             if not batch.expired:
                 raise
             self._finish(batch, i, kind, "timeout", None)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # Raised inside this cleanup: it ran and failed. The interrupt goes
+            # on (the TaskGroup cancels the siblings, which are requeued).
+            self._finish(batch, i, kind, "error", exc)
+            raise
         except Exception as exc:
             me = asyncio.current_task()
             timed_out = batch.expired and me is not None and me.cancelling() > 0
@@ -587,7 +686,7 @@ class Cleaner:
         counted as a timeout and the files after it go to a fresh job, so
         one stuck path costs the others nothing but the wait.
         """
-        loop, tasks, slots, tally = batch.loop, batch.tasks, batch.files, self._tally
+        loop, tasks, slots = batch.loop, batch.tasks, batch.files
         while batch.files_done < len(slots):
             first = batch.files_done
             fut: asyncio.Future[bool] = loop.create_future()
@@ -607,21 +706,25 @@ class Cleaner:
                 job.watchdog.cancel()  # the current one: _watch may have re-armed it
             # A hung job may still finish its file (and count it) after the
             # watchdog gave up on it: what counts is what the watchdog saw.
-            n = job.hung_at if hung else job.done
             if batch.abandoned:
                 return
-            errors = [(k, err) for k, err in job.errors if k < n]
-            for _, err in errors:
-                tally.fail("remove_file", "refused" if isinstance(err, Refused) else "error")
-                logger.warning("fastcleanup: remove_file %r failed: %s", err.filename, err)
-            tally.complete("remove_file", n - len(errors))
-            tally.latency.observe(time.monotonic() - batch.seen_at, n)
-            self.in_flight -= n
-            batch.files_done += n
+            self._account(batch, job, job.hung_at if hung else job.done)
             if hung:  # the file in progress ran past the timeout: count it, go on
                 self._finish(batch, slots[batch.files_done], "remove_file", "timeout", None)
                 batch.files_done += 1
         batch.job = None
+
+    def _account(self, batch: _Batch, job: UnlinkJob, n: int) -> None:
+        """Count the first ``n`` files of ``job`` as finished (completed or failed)."""
+        tally = self._tally
+        errors = [err for k, err in job.errors if k < n]
+        for err in errors:
+            tally.fail("remove_file", "refused" if isinstance(err, Refused) else "error")
+            logger.warning("fastcleanup: remove_file %r failed: %s", err.filename, err)
+        tally.complete("remove_file", n - len(errors))
+        tally.latency.observe(time.monotonic() - batch.seen_at, n)
+        self.in_flight -= n
+        batch.files_done += n
 
     def _watch(self, job: UnlinkJob, fut: asyncio.Future[bool], done: int, since: float) -> None:
         """Time out the file in progress once the job made no progress for ``task_timeout``.
@@ -657,7 +760,13 @@ class Cleaner:
             tally.complete(kind)
         else:
             tally.fail(kind, reason)
-            logger.warning("fastcleanup: %s %r failed (%s): %r", kind, task, reason, exc)
+            logger.warning(
+                "fastcleanup: %s %s failed (%s): %s",
+                kind,
+                _safe_repr(task),
+                reason,
+                _safe_repr(exc),
+            )
         tally.latency.observe(time.monotonic() - batch.seen_at)
 
     def _batch_done(self, batch: _Batch) -> None:
@@ -720,9 +829,11 @@ class Cleaner:
                 tally.take(kind)
             if kind == _INVALID:
                 tally.fail(kind, "invalid")
-            elif type(task) in (RemoveFile, RemoveTree) and time.monotonic() < deadline:
+            elif type(task) in _SYNC_AT_EXIT and time.monotonic() < deadline:
                 try:
-                    if type(task) is RemoveTree:
+                    if type(task) is _InProgress:
+                        task.settle(max(0.0, deadline - time.monotonic()))
+                    elif type(task) is RemoveTree:
                         remove_tree_confined(task.path, self._roots)
                     else:
                         job = UnlinkJob([task.path], self._roots)
@@ -749,6 +860,7 @@ def _expire(batch: _Batch, children: list[asyncio.Task[None]]) -> None:
 
 
 _path_of = attrgetter("path")
+_SYNC_AT_EXIT: Final = (RemoveFile, RemoveTree, _InProgress)
 
 _KINDS: Final[dict[type, str]] = {
     RemoveFile: RemoveFile.kind,

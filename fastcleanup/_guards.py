@@ -56,10 +56,14 @@ def fire_pending() -> None:
 
 
 def _submitter(cleaner: Cleaner | None) -> Callable[[CleanupTask], None]:
+    from ._cleaner import Cleaner
+
     if cleaner is None:
         from ._default import default_cleaner
 
         cleaner = default_cleaner
+    elif not isinstance(cleaner, Cleaner):
+        raise TypeError(f"cleaner must be a fastcleanup.Cleaner or None, got {cleaner!r}")
     return cleaner.submit
 
 
@@ -109,6 +113,7 @@ class TempFile:
         *,
         cleaner: Cleaner | None = None,
     ) -> None:
+        _submitter(cleaner)  # check it before there is a file to leak
         fd, name = tempfile.mkstemp(suffix=suffix, prefix=prefix, dir=dir)
         os.close(fd)
         from pathlib import Path

@@ -42,16 +42,14 @@ def release(cleaner: Cleaner) -> None:
 
 
 def _at_exit() -> None:
-    # One shared deadline: exit_timeout bounds the whole exit, not each cleaner.
     from ._guards import fire_pending
 
     fire_pending()  # guards still alive hand their files over first
-    cleaners = list(_cleaners)
-    if not cleaners:
-        return
-    deadline = time.monotonic() + max(c._exit_timeout for c in cleaners)
-    for cleaner in cleaners:
-        cleaner._run_at_exit(deadline)
+    # Each cleaner's exit work ends exit_timeout after the exit began, so the
+    # whole exit is bounded by the largest of them.
+    start = time.monotonic()
+    for cleaner in list(_cleaners):
+        cleaner._run_at_exit(start + cleaner._exit_timeout)
 
 
 def _after_fork_in_child() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Iterable
 
 from ._tasks import remove_tree_sync
@@ -48,13 +49,20 @@ class Roots:
     def __repr__(self) -> str:
         return f"Roots({list(self._roots)!r})"
 
+    def check(self, path: str | bytes) -> None:
+        """Raise ``Refused`` unless ``path`` lies inside a root."""
+        fd, _ = self.open_parent(path)
+        os.close(fd)
+
     def open_parent(self, path: str | bytes) -> tuple[int, str]:
         """Return ``(dir_fd, name)`` for ``path``; the caller closes ``dir_fd``."""
-        p = os.path.abspath(os.fsdecode(path))
+        # No lexical normalisation (abspath): "link/../x" must resolve the
+        # link first and then "..", as the kernel does.
+        p = os.fsdecode(path)
         parent, name = os.path.split(p)
         if name in ("", ".", ".."):
             parent, name = os.path.split(os.path.realpath(p))
-        parent = os.path.realpath(parent)
+        parent = os.path.realpath(parent or ".")
         for root in self._roots:
             if parent == root or parent.startswith(root.rstrip(os.sep) + os.sep):
                 break
@@ -96,7 +104,8 @@ class UnlinkJob:
     """
 
     __slots__ = (
-        "done", "errors", "fut", "hung_at", "loop", "paths", "roots", "running", "stop", "watchdog",
+        "done", "errors", "finished", "fut", "hung_at", "loop", "paths", "roots", "running",
+        "stop", "watchdog",
     )  # fmt: skip
 
     def __init__(
@@ -115,6 +124,7 @@ class UnlinkJob:
         self.running = False
         self.stop = False
         self.hung_at = -1  # set by the loop's watchdog: the file it timed out
+        self.finished = threading.Event()
         self.watchdog: asyncio.TimerHandle | None = None
 
     def __call__(self) -> None:
@@ -125,6 +135,7 @@ class UnlinkJob:
             else:
                 self._confined(self.roots)
         finally:
+            self.finished.set()
             if self.loop is not None:
                 try:
                     self.loop.call_soon_threadsafe(_resolve, self.fut, False)

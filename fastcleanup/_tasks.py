@@ -13,6 +13,7 @@ import inspect
 import os
 import shutil
 import stat
+import sys
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from contextvars import ContextVar
@@ -130,10 +131,21 @@ def remove_tree_sync(path: str | bytes, dir_fd: int | None = None) -> None:
         return
     if not stat.S_ISDIR(st.st_mode):
         raise NotADirectoryError(f"RemoveTree: not a directory: {path!r}")
-    try:
-        shutil.rmtree(path, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
+    # An entry that vanishes mid-walk (someone else removed it) is not an
+    # error: the walk goes on, instead of leaving the rest of the tree.
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, dir_fd=dir_fd, onexc=_vanished_ok)
+    else:
+        shutil.rmtree(path, dir_fd=dir_fd, onerror=_vanished_ok_info)
+
+
+def _vanished_ok(func: object, path: object, exc: BaseException) -> None:
+    if not isinstance(exc, FileNotFoundError):
+        raise exc
+
+
+def _vanished_ok_info(func: object, path: object, info: tuple[type, BaseException, object]) -> None:
+    _vanished_ok(func, path, info[1])
 
 
 def _unlink_missing_ok(path: str | bytes, dir_fd: int | None) -> None:
