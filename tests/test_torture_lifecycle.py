@@ -530,8 +530,14 @@ def test_exit_is_bounded_by_exit_timeout(scratch: Path, kind: str) -> None:
 
 
 SIGTERM_CHILD = """
+# C is the cleaner under test: the default one (the module's functions), or
+# one with batches of a single task, whose dispatcher is busy far longer.
+C = fc if BATCH is None else fc.Cleaner(batch_size=BATCH, max_batches=1000, registry=None)
+if C is not fc:
+    REPORTED.append(C)
+
 async def main():
-    fc.init_worker()
+    C.init_worker()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     if MODE == "shutdown":
@@ -539,31 +545,39 @@ async def main():
     elif MODE == "raise":
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     for name in sorted(os.listdir(SCRATCH)):
-        fc.submit(fc.RemoveFile(os.path.join(SCRATCH, name)))
+        C.submit(fc.RemoveFile(os.path.join(SCRATCH, name)))
     print("READY", flush=True)
     while not stop.is_set():
-        s = fc.stats()
+        s = C.stats()
         print("PENDING", s.queued + s.in_flight, flush=True)
         try:
             await asyncio.wait_for(stop.wait(), 0.05)
         except TimeoutError:
             pass
-    await fc.shutdown(timeout=60)
+    await C.shutdown(timeout=60)
 
 fc.run(main(), use_uvloop=USE_UVLOOP)
 """
 
 
-def sigterm_child(scratch: Path, kind: str, mode: str) -> tuple[int, str, str]:
-    proc = run_child(SLOW_UNLINK + f"MODE = {mode!r}\n" + SIGTERM_CHILD, scratch, kind)
+def sigterm_child(
+    scratch: Path, kind: str, mode: str, settle: int = 2, batch: int | None = None
+) -> tuple[int, str, str]:
+    """Start the child, send SIGTERM once it has reported ``settle`` times (every
+    50 ms) that work is pending; 0 sends it at once, while the dispatcher is
+    busiest handing out the first batches."""
+    head = SLOW_UNLINK + f"MODE, BATCH = {mode!r}, {batch!r}\n"
+    proc = run_child(head + SIGTERM_CHILD, scratch, kind)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.strip() == "READY", line + proc.communicate(timeout=30)[1]
-    pending = proc.stdout.readline()
-    assert int(pending.split()[1]) > 0  # the signal comes while work is pending
+    seen = ""
+    for _ in range(settle):
+        seen += proc.stdout.readline()
+        assert int(seen.split()[-1]) > 0  # the signal comes while work is pending
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
-    return proc.returncode, pending + out, err
+    return proc.returncode, seen + out, err
 
 
 @posix_only
@@ -611,6 +625,27 @@ def test_sigterm_handler_raising_systemexit_removes_everything(scratch: Path, ki
     assert existing(files) == []
     assert stats["completed"] == stats["submitted"] == 300
     assert stats["dropped_at_exit"] == 0
+
+
+@posix_only
+@use_uvloop
+@pytest.mark.timeout(300)
+def test_sigterm_raising_while_the_dispatcher_works_loses_nothing(scratch: Path, kind: str) -> None:
+    """The same handler, with SIGTERM sent the moment work is submitted: the
+    SystemExit often lands inside the dispatcher as it moves tasks from the
+    queue to a batch. No task may vanish there, from disk or from the counters."""
+    trials = scale(10, 40)
+    for t in range(trials):
+        files = [str(scratch / f"s{t}-{i}") for i in range(200)]
+        touch_all(files)
+        code, out, err = sigterm_child(scratch, kind, "raise", settle=0, batch=1)
+        assert code == 143, err
+        stats = child_stats(out)
+        assert stats is not None, out + err
+        assert stats["submitted"] == 200, (t, stats)  # counted, never un-counted
+        assert existing(files) == [], (t, len(existing(files)), stats)
+        assert stats["completed"] == 200, (t, stats)
+    report("sigterm_race", loop=kind, trials=trials, files_lost=0)
 
 
 @use_uvloop
