@@ -506,6 +506,10 @@ class Cleaner:
     async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
         queue, take, hot = self._queue, self._queue.popleft, self._hot
+        # The tasks being moved from the queue to a batch, until the batch is
+        # registered; with the counters as they were before the move.
+        moving: list[Any] | None = None
+        before = (0, 0)
         try:
             while True:
                 if not queue:
@@ -523,23 +527,31 @@ class Cleaner:
                     await self._capacity
                     continue
                 n = min(len(queue), self._batch_size)
-                # popleft() called n times from C. The list is the worker's to
-                # keep: a Python list frees its storage on clear(), so a reused
-                # buffer would cost one more copy per batch, not one less.
+                # A signal.signal() handler may raise (SystemExit) between any
+                # two bytecodes of this thread. The pops are one C call, so
+                # they happen whole or not at all; from there until the batch
+                # is registered, `moving` tells the finally below to put them
+                # back. The list is the worker's to keep: a Python list frees
+                # its storage on clear(), so a reused buffer would not save a copy.
+                before = (self._taken, self.in_flight)
+                moving = []
                 self._seq += 1
                 # starmap over empty argument tuples: popleft() n times, in C.
                 # (iter(take, sentinel) would compare each task to the sentinel
                 # with ==, which a task of the user's may override, or raise.)
-                tasks = list(starmap(take, repeat((), n)))
+                moving.extend(starmap(take, repeat((), n)))
                 self._taken += n
                 self._seq += 1
-                first = self._taken - n + 1
-                batch = _Batch(tasks, first, self._seen_at(first), loop)
+                first = before[0] + 1
+                batch = _Batch(moving, first, self._seen_at(first), loop)
                 self.in_flight += n
-                self._tally.batch_size.observe(n)
                 self._batches.add(batch)
+                moving = None
+                self._tally.batch_size.observe(n)
                 batch.worker = loop.create_task(self._work(batch))
         finally:
+            if moving is not None and not any(b.tasks is moving for b in self._batches):
+                self._unmove(moving, *before)
             hot[_IDLE] = False
             if self._dispatcher_loop is loop:
                 self._dispatcher_loop = None
@@ -547,6 +559,14 @@ class Cleaner:
             # every task at once) never runs its own requeue: do it for it.
             for batch in [b for b in self._batches if b.loop is loop and not b.counted]:
                 self._requeue(batch)
+
+    def _unmove(self, tasks: list[Any], taken: int, in_flight: int) -> None:
+        """Put back tasks an exception caught between the queue and their batch."""
+        if not self._seq & 1:  # the move had not begun, or had ended: open a new one
+            self._seq += 1
+        self._queue.extendleft(reversed(tasks))
+        self._taken, self.in_flight = taken, in_flight
+        self._seq += 1
 
     def _sight(self, queued: int, now: float) -> None:
         """Note that the first ``taken + queued`` tasks were in the queue at ``now``.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
 
@@ -105,6 +108,75 @@ def test_closed_loop_without_cancellation_is_adopted(
     run_on(loop_kind, again())
     assert runs == Counter(range(10))
     assert cleaner._tally.taken_by == {"call": 10}
+
+
+def _move_lines() -> list[Any]:
+    """Each line of the dispatcher's move of tasks from the queue to a batch."""
+    lines, start = inspect.getsourcelines(fc.Cleaner._dispatch)
+    first = next(i for i, text in enumerate(lines) if "before = (self._taken" in text)
+    last = next(i for i, text in enumerate(lines) if "batch.worker = loop.create_task" in text)
+    return [
+        pytest.param(start + i, id=lines[i].strip()[:32])
+        for i in range(first, last + 1)
+        if lines[i].strip() and not lines[i].strip().startswith("#")
+    ]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("line", _move_lines())
+def test_an_exception_anywhere_in_a_move_loses_no_task(
+    loop_kind: str, make_cleaner: MakeCleaner, scratch: Path, line: int
+) -> None:
+    """SystemExit from a signal.signal() handler can land before any line of
+    the move from queue to batch; a tracer raises it there, in the third move.
+    The tasks in hand go back to the queue, counted once, and a later loop
+    removes every file."""
+    cleaner = make_cleaner(batch_size=16, max_batches=64)
+    files = make_files(scratch, 200)
+    code = fc.Cleaner._dispatch.__code__
+    hits = 0
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        if frame.f_code is not code:
+            return None
+        return local
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        nonlocal hits
+        if event == "line" and frame.f_lineno == line:
+            hits += 1
+            if hits == 3:
+                sys.settrace(None)
+                raise SystemExit("from a signal handler")
+        return local
+
+    async def run() -> None:
+        cleaner.init_worker()
+        for p in files:
+            cleaner.submit(fc.RemoveFile(p))
+        sys.settrace(tracer)
+        try:
+            await asyncio.sleep(1)  # the dispatcher dies long before this ends
+        finally:
+            sys.settrace(None)
+
+    with pytest.raises(SystemExit):
+        run_on(loop_kind, run())
+    assert hits == 3, "the tracer never reached the line"
+    mid = cleaner.stats()
+    assert (mid.submitted, mid.in_flight, mid.failed) == (200, 0, 0), mid
+    assert_conserved(mid)
+
+    async def again() -> None:
+        cleaner.init_worker()
+        assert await cleaner.drain(timeout=10)
+        await cleaner.shutdown()
+
+    run_on(loop_kind, again())
+    assert [p for p in files if os.path.exists(p)] == []
+    stats = cleaner.stats()
+    assert (stats.submitted, stats.completed) == (200, 200), stats
+    assert cleaner._tally.taken_by == {"remove_file": 200}
 
 
 def test_submit_never_raises_on_a_closed_loop(loop_kind: str, make_cleaner: MakeCleaner) -> None:

@@ -25,7 +25,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import fastcleanup as fc
-from tests.conftest import loop_factory
+from tests.conftest import LOOP_KINDS, loop_factory
 from tests.torture_helpers import (
     LoopErrors,
     LoopThread,
@@ -421,9 +421,10 @@ def run_child(code: str, scratch: Path, kind: str, **kw: Any) -> subprocess.Pope
 
 
 def child_stats(stdout: str) -> dict[str, int] | None:
+    # Not only at the start of a line: a SystemExit can cut a print short.
     for line in stdout.splitlines():
-        if line.startswith("STATS "):
-            stats: dict[str, int] = json.loads(line[6:])
+        if "STATS " in line:
+            stats: dict[str, int] = json.loads(line.split("STATS ", 1)[1])
             return stats
     return None
 
@@ -628,19 +629,21 @@ def test_sigterm_handler_raising_systemexit_removes_everything(scratch: Path, ki
 
 
 @posix_only
-@use_uvloop
+@pytest.mark.skipif("uvloop" not in LOOP_KINDS, reason="needs uvloop")
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=False,
-    reason="known race: a SystemExit raised by a signal.signal() handler lands between "
-    "two bytecodes of the loop thread; when that is inside the dispatcher's move of a "
-    "batch from the queue, a task can be lost (about 1 trial in 10 here). Handlers "
-    "installed with loop.add_signal_handler() run as loop callbacks and are safe.",
-)
-def test_sigterm_raising_while_the_dispatcher_works_loses_nothing(scratch: Path, kind: str) -> None:
+def test_sigterm_raising_while_the_dispatcher_works_loses_nothing(scratch: Path) -> None:
     """The same handler, with SIGTERM sent the moment work is submitted: the
     SystemExit often lands inside the dispatcher as it moves tasks from the
-    queue to a batch. No task may vanish there, from disk or from the counters."""
+    queue to a batch. No task may vanish there, from disk or from the counters.
+
+    On uvloop only: asyncio's own loop is pure Python, and a SystemExit that
+    lands in its ``_run_once`` between popping a callback and running it loses
+    that callback; a task whose step it was never finishes, and asyncio.run's
+    teardown then waits for it forever (seen about once in 100 trials). That
+    is CPython's, not fastcleanup's, and one more reason for
+    ``loop.add_signal_handler``.
+    """
+    kind = "1"
     trials = scale(10, 40)
     for t in range(trials):
         files = [str(scratch / f"s{t}-{i}") for i in range(200)]
@@ -652,7 +655,7 @@ def test_sigterm_raising_while_the_dispatcher_works_loses_nothing(scratch: Path,
         assert stats["submitted"] == 200, (t, stats)  # counted, never un-counted
         assert existing(files) == [], (t, len(existing(files)), stats)
         assert stats["completed"] == 200, (t, stats)
-    report("sigterm_race", loop=kind, trials=trials, files_lost=0)
+    report("sigterm_race", loop="uvloop", trials=trials, files_lost=0)
 
 
 @use_uvloop
