@@ -113,7 +113,14 @@ class TempFile:
         *,
         cleaner: Cleaner | None = None,
     ) -> None:
-        _submitter(cleaner)  # check it before there is a file to leak
+        # Check everything before there is a file to leak. mkstemp itself
+        # accepts bytes throughout, but a guard's path is a str path.
+        _submitter(cleaner)
+        for what, value in (("suffix", suffix), ("prefix", prefix)):
+            if not isinstance(value, str):
+                raise TypeError(f"TempFile {what} must be a str, got {type(value).__name__}")
+        if dir is not None and not isinstance(os.fspath(dir), str):
+            raise TypeError(f"TempFile dir must be a str path, got {dir!r}")
         fd, name = tempfile.mkstemp(suffix=suffix, prefix=prefix, dir=dir)
         os.close(fd)
         from pathlib import Path

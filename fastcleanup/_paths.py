@@ -38,6 +38,8 @@ class Roots:
         for r in roots:
             if not isinstance(r, str | bytes | os.PathLike):
                 raise TypeError(f"allowed_roots entries must be paths, got {type(r).__name__}")
+            if not os.fspath(r):  # realpath("") is the working directory, wherever that is
+                raise ValueError("an allowed root is an empty path; name the directory")
             real = os.path.realpath(os.fsdecode(r))
             if not os.path.isdir(real):
                 raise ValueError(f"allowed root {r!r} is not an existing directory")

@@ -200,6 +200,29 @@ def test_tempfile_validates_and_leaves_nothing_behind(kwargs: dict[str, Any]) ->
             assert os.listdir(d) == [], f"{error!r} left {os.listdir(d)}"
 
 
+@pytest.mark.parametrize(
+    ("prefix", "suffix"), [(b"x", b""), (b"x", b".tmp")], ids=["bytes-prefix", "bytes-affixes"]
+)
+def test_tempfile_with_bytes_affixes_leaves_nothing_behind(prefix: bytes, suffix: bytes) -> None:
+    """Bytes affixes with a bytes dir make tempfile create the file before the
+    guard can refuse it: the refusal must not leave the file behind."""
+    with scratch_dir() as d:
+        try:
+            tmp = fc.TempFile(prefix=prefix, suffix=suffix, dir=os.fsencode(d))  # type: ignore[arg-type]  # bytes on purpose
+        except TYPE_OR_VALUE:
+            assert os.listdir(d) == [], f"refused, yet left {os.listdir(d)}"
+        else:
+            tmp.keep()
+
+
+@pytest.mark.parametrize("root", ["", b""], ids=["str", "bytes"])
+def test_an_empty_allowed_root_is_refused(root: str | bytes) -> None:
+    """An empty path is no directory: read as the working directory, it would
+    confine a cleaner to wherever the process happens to run."""
+    with pytest.raises(ValueError, match="root"):
+        fc.Cleaner(allowed_roots=[root], registry=None)  # type: ignore[list-item]  # bytes on purpose
+
+
 @hypothesis_settings(200, 2_000)
 @given(dest=st.one_of(junk, st.text(max_size=10)), cleaner=st.one_of(st.none(), junk))
 def test_staging_file_validates_its_arguments(dest: Any, cleaner: Any) -> None:
