@@ -383,12 +383,16 @@ class Cleaner:
         rest = batch.unfinished()
         if batch.counted:  # mark them so submitted_total{task} never counts one twice
             rest = [t if type(t) is _Requeued else _Requeued(t) for t in rest]
-        self._seq += 1
-        self._queue.extendleft(reversed(rest))
-        self._taken -= len(rest)
-        self._seq += 1
-        self.in_flight -= len(rest)
+        self._put_back(rest, self._taken - len(rest), self.in_flight - len(rest))
         self._batches.discard(batch)
+
+    def _put_back(self, tasks: list[Any], taken: int, in_flight: int) -> None:
+        """Return ``tasks`` to the head of the queue, with the counters as given."""
+        if not self._seq & 1:  # odd already if an exception cut a move short
+            self._seq += 1
+        self._queue.extendleft(reversed(tasks))
+        self._taken, self.in_flight = taken, in_flight
+        self._seq += 1
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Wait until every task accepted before this call has finished.
@@ -551,7 +555,7 @@ class Cleaner:
                 batch.worker = loop.create_task(self._work(batch))
         finally:
             if moving is not None and not any(b.tasks is moving for b in self._batches):
-                self._unmove(moving, *before)
+                self._put_back(moving, *before)  # caught between the queue and its batch
             hot[_IDLE] = False
             if self._dispatcher_loop is loop:
                 self._dispatcher_loop = None
@@ -559,14 +563,6 @@ class Cleaner:
             # every task at once) never runs its own requeue: do it for it.
             for batch in [b for b in self._batches if b.loop is loop and not b.counted]:
                 self._requeue(batch)
-
-    def _unmove(self, tasks: list[Any], taken: int, in_flight: int) -> None:
-        """Put back tasks an exception caught between the queue and their batch."""
-        if not self._seq & 1:  # the move had not begun, or had ended: open a new one
-            self._seq += 1
-        self._queue.extendleft(reversed(tasks))
-        self._taken, self.in_flight = taken, in_flight
-        self._seq += 1
 
     def _sight(self, queued: int, now: float) -> None:
         """Note that the first ``taken + queued`` tasks were in the queue at ``now``.
