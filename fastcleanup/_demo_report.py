@@ -10,6 +10,8 @@ from typing import Any, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from ._bench_harness import percentile
+
 __all__ = ["Progress", "StallTicker", "quantile_bound", "read_metrics", "render_table"]
 
 
@@ -40,11 +42,10 @@ class StallTicker:
             note(max(0.0, clock() - t0 - period))
 
     def summary(self) -> dict[str, float]:
-        late = sorted(self.late)
-        if not late:
+        if not self.late:
             return {"ticks": 0, "p99_ms": 0.0, "max_ms": 0.0}
-        p99 = late[min(len(late) - 1, math.ceil(0.99 * len(late)) - 1)]
-        return {"ticks": len(late), "p99_ms": p99 * 1e3, "max_ms": late[-1] * 1e3}
+        p99 = percentile(self.late, 99)
+        return {"ticks": len(self.late), "p99_ms": p99 * 1e3, "max_ms": max(self.late) * 1e3}
 
 
 class Progress:
