@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import aiofiles
 import aiofiles.os
 
+from . import _lifecycle
 from ._tasks import CleanupTask, RemoveFile
 
 if TYPE_CHECKING:
@@ -53,6 +54,9 @@ def fire_pending() -> None:
         if info is not None:
             _, func, args, kwargs = info
             func(*args, **(kwargs or {}))
+
+
+_lifecycle.before_exit(fire_pending)
 
 
 def _submitter(cleaner: Cleaner | None) -> Callable[[CleanupTask], None]:

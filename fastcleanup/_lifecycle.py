@@ -1,4 +1,8 @@
-"""Process-level events every cleaner must survive: interpreter exit and fork()."""
+"""Process-level events every cleaner must survive: interpreter exit and fork().
+
+Cleaners and guards sign up here; this module imports none of them, so it
+sits at the bottom of the package's import graph.
+"""
 
 from __future__ import annotations
 
@@ -7,44 +11,58 @@ import itertools
 import os
 import time
 import weakref
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 from prometheus_client import REGISTRY
 
-if TYPE_CHECKING:
-    from ._cleaner import Cleaner
-
 DEFAULT_REGISTRY = REGISTRY
 
+
+class Survivor(Protocol):
+    """What exit and fork ask of a cleaner."""
+
+    _exit_timeout: float
+
+    def _run_at_exit(self, deadline: float) -> None: ...
+
+    def _reset(self) -> None: ...
+
+
 _ids = itertools.count(1)
-_cleaners: weakref.WeakSet[Cleaner] = weakref.WeakSet()
+_cleaners: weakref.WeakSet[Survivor] = weakref.WeakSet()
+_before_exit: list[Callable[[], None]] = []
 
 
 def next_id() -> int:
     return next(_ids)
 
 
-def track(cleaner: Cleaner) -> None:
+def track(cleaner: Survivor) -> None:
     _cleaners.add(cleaner)
+
+
+def before_exit(hook: Callable[[], None]) -> None:
+    """Run ``hook`` at interpreter exit before any cleaner's exit work (guards use it)."""
+    _before_exit.append(hook)
 
 
 # Started cleaners are held strongly: a cleaner with work queued must not
 # vanish with its tasks because its owner dropped the last reference.
-_held: set[Cleaner] = set()
+_held: set[Survivor] = set()
 
 
-def hold(cleaner: Cleaner) -> None:
+def hold(cleaner: Survivor) -> None:
     _held.add(cleaner)
 
 
-def release(cleaner: Cleaner) -> None:
+def release(cleaner: Survivor) -> None:
     _held.discard(cleaner)
 
 
 def _at_exit() -> None:
-    from ._guards import fire_pending
-
-    fire_pending()  # guards still alive hand their files over first
+    for hook in _before_exit:
+        hook()  # guards still alive hand their files over first
     # Each cleaner's exit work ends exit_timeout after the exit began, so the
     # whole exit is bounded by the largest of them.
     start = time.monotonic()

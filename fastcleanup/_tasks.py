@@ -19,11 +19,20 @@ from concurrent.futures import Executor
 from contextvars import ContextVar
 from inspect import CO_COROUTINE
 from types import FunctionType, MethodType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import aiofiles.os
 
-__all__ = ["AClose", "Call", "CleanupTask", "RemoveFile", "RemoveTree"]
+__all__ = [
+    "INVALID",
+    "KINDS",
+    "AClose",
+    "Call",
+    "CleanupTask",
+    "RemoveFile",
+    "RemoveTree",
+    "kind_or_invalid",
+]
 
 # The batch worker sets this so that tasks run outside the loop's default
 # executor, which the host application needs for getaddrinfo and to_thread.
@@ -235,3 +244,28 @@ class Call:
 
     def __repr__(self) -> str:
         return f"Call({self.fn!r}, ...)"
+
+
+INVALID: Final = "invalid"  # the kind of anything that is no cleanup task
+
+KINDS: Final[dict[type, str]] = {
+    RemoveFile: RemoveFile.kind,
+    RemoveTree: RemoveTree.kind,
+    AClose: AClose.kind,
+    Call: Call.kind,
+}
+
+
+def kind_or_invalid(task: object) -> str:
+    """The ``task`` label of ``task``: its ``kind``, or ``"invalid"`` if it is no task."""
+    kind = KINDS.get(type(task))
+    if kind is not None:
+        return kind
+    try:
+        kind = getattr(task, "kind", None)
+        run = getattr(task, "run", None)
+    except Exception:
+        return INVALID
+    if type(kind) is not str or not kind or not callable(run):
+        return INVALID
+    return kind

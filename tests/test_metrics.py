@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 import fastcleanup as fc
-from fastcleanup.metrics import _collectors
+from fastcleanup._export import _collectors
 from tests.helpers import make_files
 
 MakeCleaner = Callable[..., fc.Cleaner]

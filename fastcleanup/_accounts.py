@@ -1,0 +1,169 @@
+"""Step 4 of a task's path: a finished task is counted, and drain() learns of it.
+
+Everything here runs on the loop thread of the dispatcher (or in the exit
+handler once that loop is dead), so plain ints suffice; readers in other
+threads only read. A batch whose loop died is taken back here too: what it
+did not finish returns to the head of the queue, counted once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+from ._batch import DONE, Batch, InProgress, Requeued
+from ._intake import Intake
+from ._paths import Refused, Roots, UnlinkJob
+
+__all__ = ["Accounts", "logger", "safe_repr"]
+
+logger = logging.getLogger("fastcleanup")
+
+
+class Accounts(Intake):
+    """Counting finished tasks, the latency marks, and drain()."""
+
+    __slots__ = ("_batches", "_capacity", "_drain_waiters", "_marks")
+
+    _batches: set[Batch]
+    _capacity: asyncio.Future[None] | None  # the dispatcher waits on it for a free slot
+    _drain_waiters: list[tuple[int, asyncio.Future[None]]]
+    _marks: deque[tuple[int, float]]
+    _dispatcher_loop: asyncio.AbstractEventLoop | None
+    _refill_at: int
+    _roots: Roots | None
+    _task_timeout: float
+
+    def _finish(
+        self, batch: Batch, i: int, kind: str, reason: str | None, exc: BaseException | None
+    ) -> None:
+        if batch.abandoned:
+            return
+        task = batch.tasks[i]
+        batch.tasks[i] = DONE
+        self.in_flight -= 1
+        tally = self._tally
+        if reason is None:
+            tally.complete(kind)
+        else:
+            tally.fail(kind, reason)
+            logger.warning(
+                "fastcleanup: %s %s failed (%s): %s",
+                kind,
+                safe_repr(task),
+                reason,
+                safe_repr(exc),
+            )
+        tally.latency.observe(time.monotonic() - batch.seen_at)
+
+    def _account(self, batch: Batch, job: UnlinkJob, n: int) -> None:
+        """Count the first ``n`` files of ``job`` as finished (completed or failed)."""
+        tally = self._tally
+        errors = [err for k, err in job.errors if k < n]
+        for err in errors:
+            tally.fail("remove_file", "refused" if isinstance(err, Refused) else "error")
+            logger.warning("fastcleanup: remove_file %r failed: %s", err.filename, err)
+        tally.complete("remove_file", n - len(errors))
+        tally.latency.observe(time.monotonic() - batch.seen_at, n)
+        self.in_flight -= n
+        batch.files_done += n
+
+    def _batch_done(self, batch: Batch) -> None:
+        self._batches.discard(batch)
+        cap = self._capacity
+        # Wake the dispatcher once half the slots are free, not on every
+        # batch: it then hands out several batches in one turn.
+        if cap is not None and not cap.done() and len(self._batches) <= self._refill_at:
+            cap.set_result(None)
+        if self._drain_waiters:
+            for target, fut in self._drain_waiters:
+                if not fut.done() and self._drained(target):
+                    fut.set_result(None)
+
+    def _requeue(self, batch: Batch) -> None:
+        """Take back what ``batch`` did not finish: to the head of the queue, counted once."""
+        if batch.abandoned:
+            return
+        job = batch.job
+        if job is not None:
+            job.stop = True
+            # Let the file in progress finish (an unlink takes microseconds;
+            # hung storage gets a tenth of a second), then count what the job
+            # did rather than run it again.
+            if job.running:
+                job.finished.wait(0.1)
+            self._account(batch, job, job.done)
+            if job.running and not job.finished.is_set() and job.done < len(job.paths):
+                # Still inside that unlink: running it again would be a second
+                # run. The job's thread decides its outcome (see InProgress).
+                slot = batch.files[batch.files_done]
+                batch.tasks[slot] = InProgress(
+                    batch.tasks[slot], job, job.done, self._roots, self._task_timeout
+                )
+        batch.abandoned = True
+        rest = batch.unfinished()
+        if batch.counted:  # mark them so submitted_total{task} never counts one twice
+            rest = [t if type(t) is Requeued else Requeued(t) for t in rest]
+        self._put_back(rest, self._taken - len(rest), self.in_flight - len(rest))
+        self._batches.discard(batch)
+
+    # -- the queue wait, measured per dispatcher turn rather than per submit ----------
+
+    def _sight(self, queued: int, now: float) -> None:
+        """Note that the first ``taken + queued`` tasks were in the queue at ``now``.
+
+        Reading the clock per submit would cost as much as the rest of
+        submit; marks per dispatcher turn give each task a "first seen
+        queued" time instead.
+        """
+        upto = self._taken + queued
+        if not self._marks or self._marks[-1][0] < upto:
+            self._marks.append((upto, now))
+
+    def _seen_at(self, seq: int) -> float:
+        marks = self._marks
+        while len(marks) > 1 and marks[0][0] < seq:
+            marks.popleft()
+        return marks[0][1]
+
+    # -- drain -------------------------------------------------------------------------
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every task accepted before this call has finished.
+
+        Returns False if ``timeout`` seconds passed first.
+        """
+        target = self._submitted()
+        if self._drained(target):
+            return True
+        loop = asyncio.get_running_loop()
+        if self._dispatcher_loop is not loop:
+            raise RuntimeError(
+                f"{self!r} has {target - self._taken + self.in_flight} tasks pending but no "
+                "dispatcher on this loop: call init_worker() first"
+            )
+        fut: asyncio.Future[None] = loop.create_future()
+        entry = (target, fut)
+        self._drain_waiters.append(entry)
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            if entry in self._drain_waiters:
+                self._drain_waiters.remove(entry)
+
+    def _drained(self, target: int) -> bool:
+        return self._taken >= target and all(b.first_seq > target for b in self._batches)
+
+
+def safe_repr(obj: object) -> str:
+    """repr() for a log line: a task's own __repr__ may raise."""
+    try:
+        return repr(obj)
+    except Exception:
+        return f"<{type(obj).__name__} object; its repr() raised>"

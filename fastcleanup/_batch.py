@@ -1,0 +1,130 @@
+"""What a batch holds: the tasks the dispatcher handed to one worker, and their marks.
+
+A batch's slots are the tasks in the order they were taken; a finished slot
+becomes ``DONE``. Tasks a dead loop handed back travel as ``Requeued`` (so
+they are not counted twice) or, for a file whose unlink was under way, as
+``InProgress`` (so it is not removed twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+from operator import attrgetter
+from typing import Any, Final
+
+from ._paths import Roots, UnlinkJob
+from ._tasks import KINDS, RemoveFile, RemoveTree, current_executor
+
+__all__ = ["DONE", "SYNC_AT_EXIT", "Batch", "InProgress", "Requeued", "classify", "path_of"]
+
+DONE: Final = object()  # marks a finished slot in a batch (a task itself may be None)
+path_of = attrgetter("path")
+
+
+class Batch:
+    """Up to ``batch_size`` tasks handed to one worker; finished slots become ``DONE``."""
+
+    __slots__ = (
+        "abandoned", "counted", "expired", "files", "files_done", "first_seq", "job", "loop",
+        "seen_at", "tasks", "worker",
+    )  # fmt: skip
+
+    def __init__(
+        self, tasks: list[Any], first_seq: int, seen_at: float, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.tasks = tasks
+        self.first_seq = first_seq
+        self.seen_at = seen_at
+        self.loop = loop
+        self.expired = False  # the batch deadline passed: cancelled children count as timeouts
+        self.abandoned = False  # its tasks were taken back; the worker must not count them
+        self.counted = False  # its tasks are in submitted_total{task}
+        self.job: UnlinkJob | None = None
+        self.worker: asyncio.Task[None] | None = None
+        self.files: list[int] = []  # slots of the RemoveFile tasks, removed in this order
+        self.files_done = 0  # files[:files_done] are finished (their slots are not marked)
+
+    def unfinished(self) -> list[Any]:
+        done = set(self.files[: self.files_done])
+        return [t for i, t in enumerate(self.tasks) if t is not DONE and i not in done]
+
+
+class Requeued:
+    """A task a dead loop handed back: already counted in submitted_total{task}."""
+
+    __slots__ = ("task",)
+
+    def __init__(self, task: object) -> None:
+        self.task = task
+
+
+class InProgress:
+    """A file removal a dead loop's job was inside: that job's thread decides it.
+
+    Requeued like any unfinished task; when it runs, it waits for the old
+    job to end, takes the outcome the job reached, and removes the file
+    itself only if the job never did.
+    """
+
+    __slots__ = ("index", "job", "roots", "task", "timeout")
+    kind = "remove_file"
+
+    def __init__(
+        self, task: Any, job: UnlinkJob, index: int, roots: Roots | None, timeout: float
+    ) -> None:
+        self.task, self.job, self.index, self.roots = task, job, index, roots
+        self.timeout = timeout  # never hold one of the cleaner's threads longer
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(current_executor.get(), self.settle, self.timeout)
+
+    def settle(self, timeout: float | None) -> None:
+        """Wait for the old job (up to ``timeout``); raise the file's error, if any."""
+        self.job.finished.wait(timeout)
+        if self.job.done > self.index:
+            for k, err in self.job.errors:
+                if k == self.index:
+                    raise err
+            return
+        job = UnlinkJob([self.task.path], self.roots)
+        job()
+        if job.errors:
+            raise job.errors[0][1]
+
+    def __repr__(self) -> str:
+        return f"{self.task!r} (in progress when its loop died)"
+
+
+SYNC_AT_EXIT: Final = (RemoveFile, RemoveTree, InProgress)  # run synchronously at exit
+
+
+def classify(tasks: list[Any]) -> tuple[Collection[int], str | None]:
+    """Unwrap requeued tasks; return their slots, and the kind if all are one built-in kind.
+
+    Done in C (map, count) for the burst case. Only types are compared, and
+    a hostile metaclass that raises from comparing or hashing falls back to
+    the per-task path.
+    """
+    try:
+        types = list(map(type, tasks))
+        retaken: Collection[int] = _unwrap(tasks) if Requeued in types else ()
+        if retaken:
+            types = list(map(type, tasks))
+        kind = KINDS.get(types[0])
+        if kind is not None and types.count(types[0]) == len(tasks):
+            return retaken, kind
+        return retaken, None
+    except Exception:
+        return _unwrap(tasks), None
+
+
+def _unwrap(tasks: list[Any]) -> set[int]:
+    """Unwrap requeued tasks in place; return their slots."""
+    slots = set()
+    for i, task in enumerate(tasks):
+        if type(task) is Requeued:
+            tasks[i] = task.task
+            slots.add(i)
+    return slots

@@ -1,0 +1,97 @@
+"""Work whose loop is gone: adopted by the next loop, or run at interpreter exit.
+
+A loop that dies under the dispatcher (``asyncio.run`` returning without
+``shutdown()``) leaves its batches listed; ``init_worker()`` on a new loop
+takes them back. At interpreter exit the queued file and tree removals run
+synchronously within ``exit_timeout``, and the rest is counted as dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from ._batch import SYNC_AT_EXIT, InProgress, Requeued
+from ._dispatcher import Dispatcher
+from ._intake import PUT, State
+from ._paths import Refused, UnlinkJob, remove_tree_confined
+from ._tasks import INVALID, RemoveTree, kind_or_invalid
+
+__all__ = ["Handback"]
+
+
+class Handback(Dispatcher):
+    """Adoption by a new loop, and the exit handler's share of the queue."""
+
+    __slots__ = ()
+
+    def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Take back the unfinished tasks of batches whose loop is gone."""
+        for batch in [b for b in self._batches if b.loop is not loop]:
+            self._requeue(batch)
+
+    def _stop_live_dispatcher(self, deadline: float) -> bool:
+        """Stop a dispatcher still running in another thread; True once none runs.
+
+        Only one consumer may pop the queue at a time: the dispatcher takes a
+        batch by popping in C, and a second consumer could empty the queue
+        between its length check and its pops.
+        """
+        loop, task = self._dispatcher_loop, self._dispatcher
+        if loop is None or task is None or loop.is_closed() or not loop.is_running():
+            return True
+        try:
+            loop.call_soon_threadsafe(task.cancel)
+        except RuntimeError:
+            return True  # closed meanwhile
+        until = min(deadline, time.monotonic() + 1.0)
+        while self._dispatcher_loop is loop and time.monotonic() < until:
+            time.sleep(0.001)
+        return self._dispatcher_loop is not loop
+
+    def _run_at_exit(self, deadline: float) -> None:
+        """Run queued file and tree removals synchronously; count the rest as dropped."""
+        self._state = State.EXITED
+        self._hot[PUT] = self._refuse
+        if not self._stop_live_dispatcher(deadline):
+            return  # a loop in another thread still owns the queue: leave it be
+        for batch in list(self._batches):
+            if not batch.loop.is_running():
+                self._requeue(batch)
+        tally, take = self._tally, self._queue.popleft
+        while self._queue:
+            self._seq += 1
+            try:
+                task = take()
+                self._taken += 1
+            except IndexError:
+                break
+            finally:
+                self._seq += 1
+            counted = type(task) is Requeued
+            if counted:
+                task = task.task
+            kind = kind_or_invalid(task)
+            if not counted:
+                tally.take(kind)
+            if kind == INVALID:
+                tally.fail(kind, "invalid")
+            elif type(task) in SYNC_AT_EXIT and time.monotonic() < deadline:
+                try:
+                    if type(task) is InProgress:
+                        task.settle(max(0.0, deadline - time.monotonic()))
+                    elif type(task) is RemoveTree:
+                        remove_tree_confined(task.path, self._roots)
+                    else:
+                        job = UnlinkJob([task.path], self._roots)
+                        job()
+                        if job.errors:
+                            raise job.errors[0][1]
+                except Refused:
+                    tally.fail(kind, "refused")
+                except OSError:
+                    tally.fail(kind, "error")
+                else:
+                    tally.complete(kind)
+            else:
+                tally.drop_at_exit(kind)

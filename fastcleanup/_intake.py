@@ -1,0 +1,122 @@
+"""Step 1 of a task's path: submit() puts it in the queue, from any thread.
+
+``submit`` is a plain function over one list, ``hot``: what to call with a
+task (the queue's C-level ``append`` while the cleaner runs, the refusal
+counter otherwise), whether the dispatcher sleeps, and how to wake it. It
+counts nothing: ``submitted`` is derived from the queue by its single
+consumer (see ``Intake._submitted``), so no lock is taken and nothing
+re-entrant can deadlock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ._tally import Tally, count_value
+from ._tasks import CleanupTask, kind_or_invalid
+
+__all__ = ["IDLE", "PUT", "Intake", "State", "submitter"]
+
+PUT, IDLE = 0, 1  # slots of Intake._hot (the submit closure spells them as literals)
+
+
+def submitter(hot: list[Any]) -> Callable[[CleanupTask], None]:
+    def submit(task: CleanupTask, *, _hot: list[Any] = hot) -> None:
+        """Hand ``task`` over; it runs on the cleaner's loop.
+
+        Never raises and never blocks: safe in ``__del__``, ``weakref.finalize``
+        callbacks, signal handlers and other threads. It is a plain function
+        over one list (a method would cost a third more): one C-level append
+        to the queue (re-entrant, no lock) and one flag test; only when the
+        dispatcher sleeps, one wakeup. Before ``init_worker()`` and after
+        ``shutdown()`` the task goes to the refusal counter instead.
+        """
+        try:
+            _hot[0](task)
+            if _hot[1]:
+                _hot[2]()
+        except Exception:  # submit must never raise; only MemoryError could get here
+            pass
+
+    return submit
+
+
+class State(enum.Enum):
+    STOPPED = "stopped"  # before init_worker, after shutdown(): submit drops and counts
+    RUNNING = "running"  # accepting; queued work runs while the loop lives
+    EXITED = "exited"  # the interpreter is exiting: submit counts the task as dropped at exit
+
+
+class Intake:
+    """The queue and its hand-off: the submit side and the consumer's bookkeeping."""
+
+    __slots__ = (
+        "_hot", "_loop", "_queue", "_seq", "_state", "_taken", "_tally", "_waiter", "in_flight",
+    )  # fmt: skip
+
+    _hot: list[Any]
+    _loop: asyncio.AbstractEventLoop | None
+    _queue: deque[Any]
+    _seq: int  # odd while a consumer moves tasks out of or back into the queue
+    _state: State
+    _taken: int  # tasks taken from the queue, minus those handed back
+    _tally: Tally
+    _waiter: asyncio.Future[None] | None  # the sleeping dispatcher waits on it
+    in_flight: int
+
+    def _wake(self) -> None:
+        # Runs once per idle->busy transition, not per task: a burst wakes the
+        # loop once. Clearing the flag first lets the other producers skip this.
+        self._hot[IDLE] = False
+        loop = self._loop
+        try:
+            loop.call_soon_threadsafe(self._on_wake)  # type: ignore[union-attr]
+        except (RuntimeError, AttributeError):
+            pass  # the loop is closed: the task stays queued for the next init_worker()
+
+    def _on_wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _refuse(self, task: object) -> None:
+        kind = kind_or_invalid(task)
+        if self._state is State.EXITED:
+            next(self._tally.exit_submitted)
+            self._tally.take(kind)
+            self._tally.drop_at_exit(kind)
+        else:
+            self._tally.drop_before_init(kind)
+
+    def _submitted(self) -> int:
+        """Tasks accepted so far: those taken from the queue plus those still in it.
+
+        submit() counts nothing (a count per call would cost as much as the
+        rest of it); the queue's consumers keep ``_taken`` instead and bump
+        ``_seq`` around each move, so a reader in another thread retries
+        until it sees no move half done. Appends need no care: the value
+        read is exact for the moment the queue's length was read.
+        """
+        for _ in range(100):
+            seq = self._seq
+            if not seq & 1:
+                value = self._taken + len(self._queue)
+                if self._seq == seq:
+                    return value + count_value(self._tally.exit_submitted)
+            time.sleep(0)  # the consumer is mid-move in another thread: let it finish
+        # Only a signal handler or finalizer interrupting the consumer on its
+        # own thread gets here; its move cannot finish until we return.
+        return self._taken + len(self._queue) + count_value(self._tally.exit_submitted)
+
+    def _put_back(self, tasks: list[Any], taken: int, in_flight: int) -> None:
+        """Return ``tasks`` to the head of the queue, with the counters as given."""
+        if not self._seq & 1:  # odd already if an exception cut a move short
+            self._seq += 1
+        self._queue.extendleft(reversed(tasks))
+        self._taken, self.in_flight = taken, in_flight
+        self._seq += 1

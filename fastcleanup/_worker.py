@@ -1,0 +1,213 @@
+"""Step 3 of a task's path: a batch worker runs one batch, each task isolated.
+
+One worker per batch, in an ``asyncio.TaskGroup``. Each child catches its
+own failure, so one cleanup that raises never cancels its siblings; one
+deadline timer per batch bounds them all. The batch's plain file removals
+skip the TaskGroup: they go to one job on the cleaner's own threads, which
+reports back once per job, with a timeout per file watched through the
+job's progress count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Collection
+from typing import Any
+
+from ._accounts import Accounts
+from ._batch import DONE, Batch, InProgress, classify, path_of
+from ._executor import DaemonExecutor
+from ._paths import Refused, UnlinkJob, remove_tree_confined
+from ._tasks import INVALID, KINDS, Call, RemoveFile, RemoveTree, current_executor, kind_or_invalid
+
+__all__ = ["BatchWorker"]
+
+
+class BatchWorker(Accounts):
+    """Runs batches: ``_work`` is the worker task of one batch."""
+
+    __slots__ = ()
+
+    _executor: DaemonExecutor | None
+
+    async def _work(self, batch: Batch) -> None:
+        if batch.abandoned:  # taken back before this worker got to start
+            return
+        loop, tasks = batch.loop, batch.tasks
+        children: list[asyncio.Task[None]] = []
+        timer = None
+        current_executor.set(self._executor)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                retaken, kind = classify(tasks)
+                if kind is not None:
+                    # One built-in kind, the burst case: classified in C.
+                    taken = self._tally.taken_by
+                    taken[kind] = taken.get(kind, 0) + len(tasks) - len(retaken)
+                    if kind == "remove_file":  # nothing to spawn: one job removes them
+                        batch.files.extend(range(len(tasks)))
+                    else:
+                        run = self._run_one
+                        children = [
+                            tg.create_task(run(batch, i, t, kind)) for i, t in enumerate(tasks)
+                        ]
+                else:
+                    self._spawn(batch, tg, children, retaken)
+                batch.counted = True
+                if children:
+                    timer = loop.call_at(loop.time() + self._task_timeout, expire, batch, children)
+                if batch.files:
+                    await self._remove_files(batch)
+        except BaseException:
+            # The loop is dying, shutdown() gave up, or Ctrl-C / SystemExit hit
+            # a cleanup: what did not finish goes back to the queue.
+            self._requeue(batch)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._batch_done(batch)
+
+    def _spawn(
+        self,
+        batch: Batch,
+        tg: asyncio.TaskGroup,
+        children: list[asyncio.Task[None]],
+        retaken: Collection[int],
+    ) -> None:
+        """Start a child per task; note the files (one job runs them all) and the invalid.
+
+        Each task is counted by kind here, once: ``retaken`` are slots of
+        tasks a dead loop handed back, counted when first taken.
+        """
+        taken = self._tally.taken_by
+        for i, task in enumerate(batch.tasks):
+            cls = type(task)
+            try:
+                kind = KINDS.get(cls) or kind_or_invalid(task)
+                # issubclass on the real type: isinstance would consult a
+                # hostile object's own __class__.
+                is_file = cls is RemoveFile or (
+                    issubclass(cls, RemoveFile) and cls.run is RemoveFile.run
+                )
+            except Exception:  # a type whose metaclass raises from __hash__, say
+                kind, is_file = INVALID, False
+            if i not in retaken and cls is not InProgress:
+                taken[kind] = taken.get(kind, 0) + 1
+            if is_file:
+                batch.files.append(i)  # one job removes them all, confined like the rest
+                continue
+            if kind == INVALID:
+                self._finish(batch, i, kind, "invalid", None)
+            else:
+                children.append(tg.create_task(self._run_one(batch, i, task, kind)))
+
+    async def _run_one(self, batch: Batch, i: int, task: Any, kind: str) -> None:
+        try:
+            cls = type(task)
+            if cls is Call:  # skip one coroutine frame on the commonest custom cleanup
+                await task.fn(*task.args, **task.kwargs)
+            elif cls is RemoveTree or (issubclass(cls, RemoveTree) and cls.run is RemoveTree.run):
+                await batch.loop.run_in_executor(
+                    self._executor, remove_tree_confined, task.path, self._roots
+                )
+            else:
+                if self._roots is not None and issubclass(cls, RemoveFile | RemoveTree):
+                    # A path task with a run() of its own: still confined.
+                    await batch.loop.run_in_executor(self._executor, self._roots.check, task.path)
+                await task.run()
+        except asyncio.CancelledError:
+            if not batch.expired:
+                raise
+            self._finish(batch, i, kind, "timeout", None)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # Raised inside this cleanup: it ran and failed. The interrupt goes
+            # on (the TaskGroup cancels the siblings, which are requeued).
+            self._finish(batch, i, kind, "error", exc)
+            raise
+        except Exception as exc:
+            me = asyncio.current_task()
+            timed_out = batch.expired and me is not None and me.cancelling() > 0
+            self._finish(batch, i, kind, "timeout" if timed_out else reason_of(exc), exc)
+        else:
+            if batch.abandoned:
+                return
+            # _finish() inlined: this is the path every successful cleanup takes.
+            batch.tasks[i] = DONE
+            self.in_flight -= 1
+            tally = self._tally
+            tally.completed_by[kind] = tally.completed_by.get(kind, 0) + 1
+            tally.completed += 1
+            tally.latency.observe(time.monotonic() - batch.seen_at)
+
+    async def _remove_files(self, batch: Batch) -> None:
+        """Unlink the batch's files in one executor job, with a timeout per file.
+
+        The loop does no work per removed file, only per job: every bit of
+        Python the loop thread runs holds the GIL that the unlink threads
+        need between syscalls. A file that hangs past ``task_timeout`` is
+        counted as a timeout and the files after it go to a fresh job, so
+        one stuck path costs the others nothing but the wait.
+        """
+        loop, tasks, slots = batch.loop, batch.tasks, batch.files
+        while batch.files_done < len(slots):
+            first = batch.files_done
+            fut: asyncio.Future[bool] = loop.create_future()
+            if len(slots) == len(tasks):  # every slot is a file: map in C
+                paths = list(map(path_of, tasks[first:]))
+            else:
+                paths = [tasks[i].path for i in slots[first:]]
+            job = UnlinkJob(paths, self._roots, loop, fut)
+            batch.job = job
+            self._executor.run(job)  # type: ignore[union-attr]
+            job.watchdog = loop.call_later(
+                self._task_timeout / 4, self._watch, job, fut, 0, time.monotonic()
+            )
+            try:
+                hung = await fut
+            finally:
+                job.watchdog.cancel()  # the current one: _watch may have re-armed it
+            # A hung job may still finish its file (and count it) after the
+            # watchdog gave up on it: what counts is what the watchdog saw.
+            if batch.abandoned:
+                return
+            self._account(batch, job, job.hung_at if hung else job.done)
+            if hung:  # the file in progress ran past the timeout: count it, go on
+                self._finish(batch, slots[batch.files_done], "remove_file", "timeout", None)
+                batch.files_done += 1
+        batch.job = None
+
+    def _watch(self, job: UnlinkJob, fut: asyncio.Future[bool], done: int, since: float) -> None:
+        """Time out the file in progress once the job made no progress for ``task_timeout``.
+
+        Progress is the job's count of finished files, checked four times per
+        timeout: no clock is read per file on the unlink threads.
+        """
+        if fut.done():
+            return
+        now = time.monotonic()
+        if job.done != done or not job.running:  # progress, or still queued behind others
+            done, since = job.done, now
+        elif done < len(job.paths) and now - since >= self._task_timeout:
+            # File ``done`` is the one in progress. The thread checks ``stop``
+            # before each file, so none after it starts once this is set.
+            job.hung_at = done
+            job.stop = True
+            fut.set_result(True)
+            return
+        loop = fut.get_loop()
+        job.watchdog = loop.call_later(self._task_timeout / 4, self._watch, job, fut, done, since)
+
+
+def expire(batch: Batch, children: list[asyncio.Task[None]]) -> None:
+    # One timer per batch rather than one per task: every task of a batch
+    # starts together, so they share one deadline.
+    batch.expired = True
+    for child in children:
+        if not child.done():
+            child.cancel()
+
+
+def reason_of(exc: BaseException) -> str:
+    return "refused" if isinstance(exc, Refused) else "error"
