@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import fastcleanup as fc
-from fastcleanup._paths import Refused, Roots
+from fastcleanup._paths import Refused, Roots, UnlinkJob
 
 MakeCleaner = Callable[..., fc.Cleaner]
 
@@ -124,3 +124,40 @@ def test_roots_take_one_bare_path_and_reject_missing_ones(scratch: Path) -> None
     assert Roots(scratch)._roots == (os.path.realpath(scratch),)
     with pytest.raises(ValueError, match="not an existing directory"):
         Roots([scratch / "missing"])
+
+
+def test_a_confined_job_opens_each_parent_once(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each parent is resolved and opened once per job, not once per file; files
+    outside the roots are refused and left, a missing parent means a file gone."""
+    root = scratch / "root"
+    inside = [make_files_in(root / f"d{i}", 100) for i in range(3)]
+    outside = make_files_in(scratch / "elsewhere", 10)
+    paths: list[str | bytes] = [p for trio in zip(*inside, strict=True) for p in trio]
+    paths[5:5] = outside
+    paths.append(str(root / "gone" / "x"))
+    opened: list[str] = []
+    real_open_dir = Roots.open_dir
+
+    def open_dir(self: Roots, parent: str) -> int:
+        opened.append(parent)
+        return real_open_dir(self, parent)
+
+    monkeypatch.setattr(Roots, "open_dir", open_dir)
+    job = UnlinkJob(paths, Roots([root]))
+    job()
+
+    assert sorted(opened) == sorted({os.path.dirname(p) for p in map(os.fsdecode, paths)})
+    assert job.done == len(paths)
+    assert [k for k, err in job.errors] == list(range(5, 15))
+    assert all(isinstance(err, Refused) for _, err in job.errors)
+    assert all(os.path.exists(p) for p in outside)
+    assert not any(os.listdir(root / f"d{i}") for i in range(3))
+
+
+def make_files_in(directory: Path, n: int) -> list[str]:
+    directory.mkdir(parents=True)
+    for i in range(n):
+        (directory / f"f{i}").touch()
+    return [str(directory / f"f{i}") for i in range(n)]
