@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from itertools import repeat, starmap
+from itertools import islice, repeat, starmap
 from typing import Any
 
 from ._batch import Batch
 from ._intake import IDLE
+from ._tasks import RemoveFile
 from ._worker import BatchWorker
 
 __all__ = ["Dispatcher"]
@@ -27,6 +28,7 @@ class Dispatcher(BatchWorker):
 
     _dispatcher: asyncio.Task[None] | None
     _batch_size: int
+    _io_threads: int
     _max_batches: int
 
     async def _dispatch(self) -> None:
@@ -53,6 +55,8 @@ class Dispatcher(BatchWorker):
                     await self._capacity
                     continue
                 n = min(len(queue), self._batch_size)
+                if len(queue) > n and type(queue[0]) is RemoveFile:
+                    n = self._file_run(n)
                 # A signal.signal() handler may raise (SystemExit) between any
                 # two bytecodes of this thread. The pops are one C call, so
                 # they happen whole or not at all; from there until the batch
@@ -85,3 +89,23 @@ class Dispatcher(BatchWorker):
             # every task at once) never runs its own requeue: do it for it.
             for batch in [b for b in self._batches if b.loop is loop and not b.counted]:
                 self._requeue(batch)
+
+    def _file_run(self, n: int) -> int:
+        """How many tasks to take when a burst of plain file removals heads the queue.
+
+        A trickle gets batches of ``batch_size`` at most, for latency. In a
+        burst, a run of ``RemoveFile`` goes to one executor job of up to
+        ``FILE_BATCH`` files (spread over the cleaner's threads), so the
+        loop's work per batch, and the GIL it holds, is spread over many
+        files; such a batch starts no asyncio task per file, so the cap on
+        live tasks still holds. Types are read in C: nothing runs between
+        the look and the pops that could change the head of the queue.
+        """
+        want = min(len(self._queue) // self._io_threads, FILE_BATCH)
+        if want <= n:
+            return n
+        run = list(map(type, islice(self._queue, want)))
+        return want if run.count(RemoveFile) == want else n
+
+
+FILE_BATCH = 1024  # files in one job at most: a second of unlinks on slow storage
