@@ -20,8 +20,8 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 import fastcleanup as fc
-from fastcleanup._bench_competitors import CALL_COMPETITORS, FILE_COMPETITORS, trivial
-from fastcleanup._bench_harness import (
+from fastcleanup.bench.competitors import CALL_COMPETITORS, FILE_COMPETITORS, trivial
+from fastcleanup.bench.harness import (
     BenchError,
     BurstSession,
     Competitor,
@@ -31,7 +31,7 @@ from fastcleanup._bench_harness import (
     make_files,
     summarize,
 )
-from fastcleanup._bench_micro import SubmitHost, bytes_per_queued_remove_file
+from fastcleanup.bench.micro import SubmitHost, bytes_per_queued_remove_file
 
 QUICK = os.environ.get("FASTCLEANUP_BENCH_FULL", "") in ("", "0")
 SIZES = (1_000,) if QUICK else (1_000, 10_000, 100_000)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from fastcleanup import _bench
-from fastcleanup._bench import Report, Target, main, measure_calls, targets
-from fastcleanup._bench_competitors import FILE_COMPETITORS
-from fastcleanup._bench_harness import (
+from fastcleanup.bench import cli as bench_cli
+from fastcleanup.bench.cli import Report, Target, main, measure_calls, targets
+from fastcleanup.bench.competitors import FILE_COMPETITORS
+from fastcleanup.bench.harness import (
     BenchError,
     Burst,
     BurstSession,
@@ -29,7 +29,7 @@ from fastcleanup._bench_harness import (
     run_files,
     summarize,
 )
-from fastcleanup._bench_micro import bytes_per_queued_remove_file, submit_costs
+from fastcleanup.bench.micro import bytes_per_queued_remove_file, submit_costs
 
 
 @pytest.mark.parametrize(
@@ -166,7 +166,7 @@ def test_main_only_runs_the_named_competitors(capsys: pytest.CaptureFixture[str]
 def test_main_plot_without_matplotlib_says_how_to_fix(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(_bench, "_importable", lambda module: module != "matplotlib")
+    monkeypatch.setattr(bench_cli, "_importable", lambda module: module != "matplotlib")
     assert main(["--quick", "--plot", str(tmp_path / "x.png")]) == 2
     assert "pip install 'fastcleanup[plot]'" in capsys.readouterr().err
 

@@ -1,12 +1,12 @@
 """``fastcleanup bench``: fastcleanup against the usual ways to clean up a burst.
 
->>> from fastcleanup._bench import main
+>>> from fastcleanup.bench.cli import main
 >>> main(["--quick"])        # a short run: a table, targets met or missed
 0
 
-The measuring parts live beside this module: ``_bench_harness`` (fresh
-files, probes, one timed burst), ``_bench_competitors`` (who competes) and
-``_bench_micro`` (submit cost, bytes per queued task). The pytest-benchmark
+The measuring parts live beside this module: ``harness`` (fresh files,
+probes, one timed burst), ``competitors`` (who competes) and ``micro``
+(submit cost, bytes per queued task). The pytest-benchmark
 suite in ``bench/`` drives the same pieces.
 """
 
@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TextIO, TypeVar
 
-from ._bench_competitors import CALL_COMPETITORS, FILE_COMPETITORS, IDLE, SLICE
-from ._bench_harness import (
+from .competitors import CALL_COMPETITORS, FILE_COMPETITORS, IDLE, SLICE
+from .harness import (
     BenchError,
     BurstSession,
     Competitor,
@@ -31,7 +31,7 @@ from ._bench_harness import (
     run_files,
     summarize,
 )
-from ._bench_micro import SubmitCost, bytes_per_queued_remove_file, submit_costs
+from .micro import SubmitCost, bytes_per_queued_remove_file, submit_costs
 
 __all__ = [
     "Report",

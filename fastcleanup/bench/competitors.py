@@ -22,7 +22,7 @@ import aiofiles.os
 
 import fastcleanup as fc
 
-from ._bench_harness import BenchError, Burst, Competitor
+from .harness import BenchError, Burst, Competitor
 
 __all__ = ["CALL_COMPETITORS", "FILE_COMPETITORS", "IDLE", "SLICE", "RustPort", "trivial"]
 
