@@ -15,7 +15,7 @@ from fastcleanup.bench.harness import Measurement
 
 
 def test_burst(
-    run_file_bursts: Callable[[str, int], Measurement], file_competitor: str, burst_size: int
+    run_file_bursts: Callable[..., Measurement], file_competitor: str, burst_size: int
 ) -> None:
     m = run_file_bursts(file_competitor, burst_size)
     assert m.items == burst_size
