@@ -11,7 +11,9 @@ defaults. See README.md beside this file.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -20,8 +22,15 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 import fastcleanup as fc
-from fastcleanup._bench_competitors import CALL_COMPETITORS, FILE_COMPETITORS, trivial
-from fastcleanup._bench_harness import (
+from fastcleanup.bench.cli import SCENARIOS
+from fastcleanup.bench.competitors import (
+    CALL_COMPETITORS,
+    FILE_COMPETITORS,
+    busy_loop,
+    file_competitor,
+    trivial,
+)
+from fastcleanup.bench.harness import (
     BenchError,
     BurstSession,
     Competitor,
@@ -31,7 +40,7 @@ from fastcleanup._bench_harness import (
     make_files,
     summarize,
 )
-from fastcleanup._bench_micro import SubmitHost, bytes_per_queued_remove_file
+from fastcleanup.bench.micro import SubmitHost, bytes_per_queued_remove_file
 
 QUICK = os.environ.get("FASTCLEANUP_BENCH_FULL", "") in ("", "0")
 SIZES = (1_000,) if QUICK else (1_000, 10_000, 100_000)
@@ -78,6 +87,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "scenario_competitor" in metafunc.fixturenames:
+        # The scenarios beyond one directory, with the competitors the command runs in them.
+        metafunc.parametrize(
+            ("scenario", "scenario_competitor"),
+            [
+                pytest.param(
+                    sc.key,
+                    name,
+                    id=f"{sc.key}-{name}",
+                    marks=pytest.mark.skipif(
+                        not FILE_COMPETITORS[name].available(), reason="a module is missing"
+                    ),
+                )
+                for sc in SCENARIOS
+                if sc.dirs > 1 or sc.busy
+                for name in sc.names
+            ],
+        )
     if "file_competitor" in metafunc.fixturenames:
         metafunc.parametrize("file_competitor", _competitors(FILE_COMPETITORS))
     if "call_competitor" in metafunc.fixturenames:
@@ -125,48 +152,64 @@ def _record(benchmark: BenchmarkFixture, results: Sequence[Measurement]) -> Meas
 
 
 @pytest.fixture
-def run_file_bursts(benchmark: BenchmarkFixture) -> Callable[[str, int], Measurement]:
+def run_file_bursts(benchmark: BenchmarkFixture) -> Callable[..., Measurement]:
     """Run ``rounds`` bursts of one file competitor on fresh files; the median.
 
-    Each round's files are created (and synced) in the untimed setup; the
-    teardown checks they are all gone.
+    ``scenario`` is a key of the command's ``SCENARIOS`` (one directory, 100
+    directories, a busy loop). Each round's files are created (and synced) in
+    the untimed setup; the teardown checks they are all gone.
     """
 
-    def run(name: str, size: int) -> Measurement:
-        benchmark.group = f"burst of {size:,} RemoveFile"
-        results: list[Measurement] = []
-        unchecked: list[FileSet] = []
-
-        def check(files: FileSet) -> None:
-            unchecked.remove(files)
-            try:
-                left = files.leftovers()
-                if left:
-                    raise BenchError(f"{name} left {left} of {size} files in {files.root}")
-            finally:
-                files.dispose()
-
-        with BurstSession(FILE_COMPETITORS[name], LOOP) as session:
-
-            def setup() -> tuple[tuple[FileSet], dict[str, object]]:
-                files = make_files(size, DIR)
-                unchecked.append(files)
-                session.prepare()
-                return (files,), {}
-
-            def burst(files: FileSet) -> None:
-                results.append(session.run(files.paths))
-
-            try:
-                _pedantic(benchmark, burst, setup=setup, teardown=check, rounds=ROUNDS)
-                while unchecked:  # --benchmark-disable runs no teardown
-                    check(unchecked[0])
-            finally:
-                for files in unchecked:
-                    files.dispose()
-        return _record(benchmark, results)
+    def run(name: str, size: int, scenario: str = "one-dir") -> Measurement:
+        sc = next(s for s in SCENARIOS if s.key == scenario)
+        benchmark.group = f"{sc.key}: burst of {size:,} RemoveFile"
+        # Every round's directories in one of our own: the root of the
+        # allowed_roots competitor.
+        base = tempfile.mkdtemp(prefix="fastcleanup-bench-", dir=DIR)
+        try:
+            return _file_rounds(benchmark, name, size, sc.dirs, sc.busy, base)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
 
     return run
+
+
+def _file_rounds(
+    benchmark: BenchmarkFixture, name: str, size: int, dirs: int, busy: bool, base: str
+) -> Measurement:
+    """The rounds of one file competitor; files go in directories under ``base``."""
+    results: list[Measurement] = []
+    unchecked: list[FileSet] = []
+
+    def check(files: FileSet) -> None:
+        unchecked.remove(files)
+        try:
+            left = files.leftovers()
+            if left:
+                raise BenchError(f"{name} left {left} of {size} files in {files.root}")
+        finally:
+            files.dispose()
+
+    competitor = file_competitor(name, base)
+    with BurstSession(busy_loop(competitor) if busy else competitor, LOOP) as session:
+
+        def setup() -> tuple[tuple[FileSet], dict[str, object]]:
+            files = make_files(size, base, dirs)
+            unchecked.append(files)
+            session.prepare()
+            return (files,), {}
+
+        def burst(files: FileSet) -> None:
+            results.append(session.run(files.paths))
+
+        try:
+            _pedantic(benchmark, burst, setup=setup, teardown=check, rounds=ROUNDS)
+            while unchecked:  # --benchmark-disable runs no teardown
+                check(unchecked[0])
+        finally:
+            for files in unchecked:
+                files.dispose()
+    return _record(benchmark, results)
 
 
 @pytest.fixture

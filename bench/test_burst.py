@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from fastcleanup._bench_harness import Measurement
+from fastcleanup.bench.harness import Measurement
 
 
 def test_burst(
-    run_file_bursts: Callable[[str, int], Measurement], file_competitor: str, burst_size: int
+    run_file_bursts: Callable[..., Measurement], file_competitor: str, burst_size: int
 ) -> None:
     m = run_file_bursts(file_competitor, burst_size)
     assert m.items == burst_size

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from fastcleanup._bench_micro import SUBMIT_VARIANTS
+from fastcleanup.bench.micro import SUBMIT_VARIANTS
 
 
 @pytest.mark.parametrize("variant", SUBMIT_VARIANTS)

@@ -20,11 +20,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command == "demo":
-        from ._demo import main as demo
+        from .demo.cli import main as demo
 
         return demo(rest)
     if command == "bench":
-        from ._bench import main as bench
+        from .bench.cli import main as bench
 
         return bench(rest)
     print(f"fastcleanup: unknown command {command!r}\n\n{_USAGE}", end="", file=sys.stderr)

@@ -15,10 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from fastcleanup import _bench
-from fastcleanup._bench import Report, Target, main, measure_calls, targets
-from fastcleanup._bench_competitors import FILE_COMPETITORS
-from fastcleanup._bench_harness import (
+from fastcleanup.bench import cli as bench_cli
+from fastcleanup.bench.cli import (
+    SCENARIOS,
+    Report,
+    Target,
+    compare_files,
+    compiled_unlink,
+    main,
+    measure_calls,
+    targets,
+)
+from fastcleanup.bench.competitors import CONFINED, FILE_COMPETITORS, busy_loop, confined_to
+from fastcleanup.bench.harness import (
     BenchError,
     Burst,
     BurstSession,
@@ -29,11 +38,11 @@ from fastcleanup._bench_harness import (
     run_files,
     summarize,
 )
-from fastcleanup._bench_micro import bytes_per_queued_remove_file, submit_costs
+from fastcleanup.bench.micro import bytes_per_queued_remove_file, submit_costs
 
 
 @pytest.mark.parametrize(
-    "name", ["unlink-1-thread", "rust-port", "fastcleanup-asyncio", "fastcleanup-uvloop"]
+    "name", ["unlink-1-thread", "rust-port", "fastcleanup-asyncio", "fastcleanup-uvloop", CONFINED]
 )
 def test_a_burst_removes_every_file(name: str, tmp_path: Path) -> None:
     files = make_files(300, str(tmp_path))
@@ -47,6 +56,65 @@ def test_a_burst_removes_every_file(name: str, tmp_path: Path) -> None:
     assert math.isfinite(m.rate)
     assert math.isfinite(m.stall_p99_ms)
     assert m.stall_max_ms >= m.stall_p99_ms >= 0
+
+
+@pytest.mark.parametrize("name", ["unlink-2-threads", "fastcleanup-uvloop", CONFINED])
+def test_bursts_over_100_directories_beside_a_busy_loop_remove_every_file(
+    name: str, tmp_path: Path
+) -> None:
+    files = make_files(500, str(tmp_path), dirs=100)
+    assert len(files.dirs) == 100
+    assert {os.path.dirname(d) for d in files.dirs} == {str(tmp_path)}
+    assert all(len(os.listdir(d)) == 5 for d in files.dirs)  # spread evenly
+    competitor = busy_loop(
+        confined_to(str(tmp_path)) if name == CONFINED else FILE_COMPETITORS[name]
+    )
+    with BurstSession(competitor) as session:
+        m = run_files(session, files)
+    assert not any(os.path.lexists(p) for p in files.paths)
+    assert list(tmp_path.iterdir()) == []
+    assert (m.competitor, m.items) == (name, 500)
+
+
+def test_a_confined_cleaner_refuses_files_outside_its_root(tmp_path: Path) -> None:
+    # The bench's allowed_roots competitor really is confined: files outside
+    # its root stay, are counted as failed, and the harness says so.
+    root = tmp_path / "root"
+    root.mkdir()
+    files = make_files(20, str(tmp_path))
+    with (
+        BurstSession(confined_to(str(root))) as session,
+        pytest.raises(BenchError, match="20 submitted, 0 completed, 20 failed"),
+    ):
+        run_files(session, files)
+
+
+def test_compare_files_runs_every_scenario_of_the_command(tmp_path: Path) -> None:
+    for sc in SCENARIOS:
+        found = compare_files(sc.names, 200, 2, parent=str(tmp_path), dirs=sc.dirs, busy=sc.busy)
+        assert list(found) == list(sc.names)
+        assert all(m.items == 200 and math.isfinite(m.rate) for m in found.values())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_burst_that_misses_one_file_raises(tmp_path: Path) -> None:
+    @contextlib.asynccontextmanager
+    async def all_but_one() -> AsyncIterator[Burst[Sequence[str]]]:
+        async def burst(paths: Sequence[str]) -> None:
+            for p in paths[1:]:
+                os.unlink(p)
+
+        yield burst
+
+    files = make_files(300, str(tmp_path), dirs=100)
+    missing = Competitor("all-but-one", "forgets the first", all_but_one, loop="asyncio")
+    with BurstSession(busy_loop(missing)) as session, pytest.raises(BenchError, match="left 1 "):
+        run_files(session, files)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compiled_unlink_is_reported_whatever_is_installed() -> None:
+    assert compiled_unlink() in ("yes", "no", "unknown")
 
 
 def test_a_competitor_that_leaves_files_raises(tmp_path: Path) -> None:
@@ -105,25 +173,67 @@ def test_targets_compare_within_the_run() -> None:
         return Measurement(name, "uvloop", 1000, seconds, 1.0, 4.0, 3.0, 1.0)
 
     report = Report(
-        files={
-            "unlink-1-thread": m("unlink-1-thread", 1.0),
-            "gather-aiofiles": m("gather-aiofiles", 10.0),
-            "fastcleanup-uvloop": m("fastcleanup-uvloop", 0.5),
+        bursts={
+            "one-dir": {
+                "unlink-1-thread": m("unlink-1-thread", 1.0),
+                "fastcleanup-uvloop": m("fastcleanup-uvloop", 0.5),
+                CONFINED: m(CONFINED, 0.8),
+            },
+            "100-dirs": {
+                "unlink-1-thread": m("unlink-1-thread", 1.0),
+                "fastcleanup-uvloop": m("fastcleanup-uvloop", 0.625),
+            },
+            "per-file": {
+                "gather-aiofiles": m("gather-aiofiles", 10.0),
+                "fastcleanup-uvloop": m("fastcleanup-uvloop", 0.5),
+            },
         },
         calls={},
         submit=[],
         bytes_per_task=300.0,
     )
     found = {t.what: t for t in targets(report)}
-    assert found["fastcleanup-uvloop vs unlink-1-thread"].value == 2.0
-    assert found["fastcleanup-uvloop vs unlink-1-thread"].met
-    assert found["fastcleanup-uvloop vs gather-aiofiles"].value == 20.0
+    assert found["one-dir, 1,000 files: fastcleanup-uvloop vs unlink-1-thread"].value == 2.0
+    assert found["one-dir, 1,000 files: fastcleanup-uvloop vs unlink-1-thread"].met
+    confined = found[f"one-dir, 1,000 files: {CONFINED} vs unlink-1-thread"]
+    assert (confined.value, confined.met) == (1.25, False)
+    assert found[f"one-dir, 1,000 files: {CONFINED} vs fastcleanup-uvloop"].value == 0.625
+    assert found["100-dirs, 1,000 files: fastcleanup-uvloop vs unlink-1-thread"].value == 1.6
+    assert not found["100-dirs, 1,000 files: fastcleanup-uvloop vs unlink-1-thread"].met
+    assert found["per-file, 1,000 files: fastcleanup-uvloop vs gather-aiofiles"].value == 20.0
+    stall_max = found["one-dir, 1,000 files: fastcleanup-uvloop loop stall max"]
+    assert (stall_max.value, stall_max.met) == (4.0, True)
     assert not found["bytes per queued RemoveFile"].met
     assert "[MISSED]" in found["bytes per queued RemoveFile"].line()
     assert not Target("nan", math.nan, 1.0, True).met
 
 
-_SMALL = ["--files", "200", "--calls", "200", "--submit-calls", "1000", "--queued", "2000"]
+_SMALL = [
+    "--files",
+    "200",
+    "--slow-files",
+    "100",
+    "--calls",
+    "200",
+    "--submit-calls",
+    "1000",
+    "--queued",
+    "2000",
+]
+
+
+def _ratios(out: str, scenario: str) -> dict[str, float]:
+    """The "x 1-thread" column of one scenario's table, by competitor."""
+    table = out.split(f"\n{scenario}: ")[1].split("\n\n")[0]
+    lines = table.splitlines()
+    column = re.split(r"\s{2,}", lines[1].strip()).index("x 1-thread")
+    ratios = {}
+    for line in lines[3:]:
+        if line.strip().startswith("("):
+            continue  # the idle loop's floor, below the rows
+        cells = re.split(r"\s{2,}", line.strip())
+        ratios[cells[0]] = float(cells[column])
+    return ratios
 
 
 def test_main_quick_prints_the_comparison(
@@ -137,21 +247,27 @@ def test_main_quick_prints_the_comparison(
     out = capsys.readouterr().out
     assert list(work.iterdir()) == []  # every burst's files and directories are gone
     assert chart.stat().st_size > 1000
-    table = out.split("Burst of 200 RemoveFile")[1].split("\n\n")[0]
-    ratios = {}
-    for line in table.splitlines()[3:]:
-        if line.strip().startswith("("):
-            continue  # the idle loop's floor, below the rows
-        cells = re.split(r"\s{2,}", line.strip())
-        ratios[cells[0]] = float(cells[3])
-    assert set(ratios) == set(FILE_COMPETITORS)
-    assert ratios["unlink-1-thread"] == 1.0
-    assert all(math.isfinite(r) and r > 0 for r in ratios.values())
+    assert re.search(r"compiled bulk unlink: (yes|no|unknown)", out.splitlines()[0])
+    for sc in SCENARIOS:
+        ratios = _ratios(out, sc.key)
+        assert list(ratios) == list(sc.names)
+        assert ratios["unlink-1-thread"] == 1.0
+        assert all(math.isfinite(r) and r > 0 for r in ratios.values())
+    assert "x quiet 1-thread" in out.split("\nbusy-loop: ")[1].split("\n\n")[0]
+    assert "x quiet 1-thread" not in out.split("\none-dir: ")[1].split("\n\n")[0]
+    assert {n for sc in SCENARIOS for n in sc.names} == set(FILE_COMPETITORS)
     for section in ("trivial Call tasks", "Hand-off from a foreign thread", "bytes per queued"):
         assert section in out
     assert "this machine's floor right now" in out
-    assert "Targets of issue 3" in out
-    assert re.search(r"\[(met   |MISSED)\] fastcleanup-uvloop vs unlink-1-thread: [0-9.]+x", out)
+    assert "\ntargets (ratios within this run):\n" in out
+    assert "issue" not in out
+    for what in (
+        "one-dir, 200 files: fastcleanup-uvloop vs unlink-1-thread",
+        f"one-dir, 200 files: {CONFINED} vs fastcleanup-uvloop",
+        f"100-dirs, 200 files: {CONFINED} vs unlink-1-thread",
+        "per-file, 100 files: fastcleanup-uvloop vs gather-aiofiles",
+    ):
+        assert re.search(rf"\[(met   |MISSED)\] {re.escape(what)}: [0-9.]+x", out), what
 
 
 def test_main_only_runs_the_named_competitors(capsys: pytest.CaptureFixture[str]) -> None:
@@ -166,7 +282,7 @@ def test_main_only_runs_the_named_competitors(capsys: pytest.CaptureFixture[str]
 def test_main_plot_without_matplotlib_says_how_to_fix(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(_bench, "_importable", lambda module: module != "matplotlib")
+    monkeypatch.setattr(bench_cli, "_importable", lambda module: module != "matplotlib")
     assert main(["--quick", "--plot", str(tmp_path / "x.png")]) == 2
     assert "pip install 'fastcleanup[plot]'" in capsys.readouterr().err
 

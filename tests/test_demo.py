@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastcleanup._demo import main
-from fastcleanup._demo_crawl import PAGES_PER_SITE, plan
-from fastcleanup._demo_report import quantile_bound, read_metrics
+from fastcleanup.demo.cli import main
+from fastcleanup.demo.crawl import PAGES_PER_SITE, plan
+from fastcleanup.demo.report import quantile_bound, read_metrics
 
 COUNTERS = ("submitted", "completed", "failed", "dropped_at_exit", "queued", "in_flight")
 

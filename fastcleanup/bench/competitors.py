@@ -15,16 +15,30 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from functools import partial
 from typing import Any, Final
 
 import aiofiles.os
 
 import fastcleanup as fc
 
-from ._bench_harness import BenchError, Burst, Competitor
+from .harness import BenchError, Burst, Competitor
 
-__all__ = ["CALL_COMPETITORS", "FILE_COMPETITORS", "IDLE", "SLICE", "RustPort", "trivial"]
+__all__ = [
+    "BUSY_SHARE",
+    "CALL_COMPETITORS",
+    "CONFINED",
+    "FILE_COMPETITORS",
+    "IDLE",
+    "SLICE",
+    "RustPort",
+    "busy_loop",
+    "confined_to",
+    "file_competitor",
+    "trivial",
+]
 
 SLICE: Final = 256  # items a producer hands over between two yields to the loop
 BATCH: Final = 64  # the Rust reference's DISPATCH_BATCH, and the TaskGroup baseline's batch
@@ -40,9 +54,10 @@ def _slices(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
         yield items[i : i + SLICE]
 
 
-def _missing_path() -> str:
-    # Warm-up target: a name in the temp dir that nothing creates.
-    return os.path.join(tempfile.gettempdir(), f"fastcleanup-bench-warmup-{os.getpid()}-missing")
+def _missing_path(where: str | None = None) -> str:
+    # Warm-up target: a name in the temp dir (or a confined cleaner's root) that nothing creates.
+    where = tempfile.gettempdir() if where is None else where
+    return os.path.join(where, f"fastcleanup-bench-warmup-{os.getpid()}-missing")
 
 
 # -- plain threads: the limits --------------------------------------------------------
@@ -272,12 +287,12 @@ async def _rust_port() -> AsyncIterator[Burst[Paths]]:
 
 
 @contextlib.asynccontextmanager
-async def _cleaner() -> AsyncIterator[fc.Cleaner]:
-    cleaner = fc.Cleaner(registry=None)
+async def _cleaner(allowed_roots: Sequence[str] | None = None) -> AsyncIterator[fc.Cleaner]:
+    cleaner = fc.Cleaner(registry=None, allowed_roots=allowed_roots)
     cleaner.init_worker()
     try:
         # Warm up: the cleaner's threads and the dispatcher's first wake.
-        cleaner.submit(fc.RemoveFile(_missing_path()))
+        cleaner.submit(fc.RemoveFile(_missing_path(allowed_roots[0] if allowed_roots else None)))
         cleaner.submit(fc.Call(trivial, [0]))
         if not await cleaner.drain(timeout=_WAIT):
             raise BenchError(f"{cleaner!r} did not finish its warm-up")
@@ -295,8 +310,10 @@ def _check(cleaner: fc.Cleaner, before: fc.Stats, items: int) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _fastcleanup_files() -> AsyncIterator[Burst[Paths]]:
-    async with _cleaner() as cleaner:
+async def _fastcleanup_files(
+    allowed_roots: Sequence[str] | None = None,
+) -> AsyncIterator[Burst[Paths]]:
+    async with _cleaner(allowed_roots) as cleaner:
 
         async def burst(paths: Paths) -> None:
             before = cleaner.stats()
@@ -310,6 +327,66 @@ async def _fastcleanup_files() -> AsyncIterator[Burst[Paths]]:
             _check(cleaner, before, len(paths))
 
         yield burst
+
+
+CONFINED: Final = "fastcleanup-roots-uvloop"
+
+
+def confined_to(root: str) -> Competitor[Paths]:
+    """fastcleanup on uvloop with ``allowed_roots=[root]``: ``root`` must hold the files' dirs."""
+    return Competitor(
+        CONFINED,
+        "fastcleanup Cleaner(allowed_roots=[the files' parent's parent]) on uvloop",
+        partial(_fastcleanup_files, [root]),
+        loop="uvloop",
+        needs="uvloop",
+    )
+
+
+# -- a busy host ------------------------------------------------------------------------
+
+BUSY_SHARE: Final = 0.3  # of the loop thread's time the host spends in pure Python
+_BUSY_SPIN: Final = 0.0003  # seconds of Python per turn, then a sleep of the rest of 1 ms
+
+
+async def _busy_host() -> None:
+    # A host that computes in short spells and yields between them, as a
+    # parser or a scorer on the loop does. Never a spin without a yield: that
+    # starves every other thread of the GIL, which no cleanup design survives.
+    clock, sleep = time.perf_counter, asyncio.sleep
+    rest = _BUSY_SPIN / BUSY_SHARE - _BUSY_SPIN
+    while True:
+        end = clock() + _BUSY_SPIN
+        while clock() < end:
+            pass
+        await sleep(rest)
+
+
+def busy_loop(competitor: Competitor[Paths]) -> Competitor[Paths]:
+    """``competitor`` with the loop thread busy in Python ``BUSY_SHARE`` of each burst."""
+
+    @contextlib.asynccontextmanager
+    async def open_busy() -> AsyncIterator[Burst[Paths]]:
+        async with competitor.open() as inner:
+
+            async def burst(paths: Paths) -> None:
+                host = asyncio.get_running_loop().create_task(_busy_host())
+                try:
+                    await inner(paths)
+                finally:
+                    host.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await host
+
+            yield burst
+
+    return Competitor(
+        competitor.name,
+        f"{competitor.about}, the loop {BUSY_SHARE:.0%} busy in Python",
+        open_busy,
+        loop=competitor.loop,
+        needs=competitor.needs,
+    )
 
 
 # -- trivial Call tasks -----------------------------------------------------------------
@@ -420,7 +497,17 @@ FILE_COMPETITORS: Final[dict[str, Competitor[Paths]]] = _registry(
         loop="uvloop",
         needs="uvloop",
     ),
+    # Confined to the temp dir, where make_files() puts its directories by default.
+    confined_to(tempfile.gettempdir()),
 )
+
+
+def file_competitor(name: str, parent: str | None = None) -> Competitor[Paths]:
+    """The file competitor ``name`` for files made by ``make_files(n, parent)``."""
+    if name == CONFINED and parent is not None:
+        return confined_to(parent)
+    return FILE_COMPETITORS[name]
+
 
 CALL_COMPETITORS: Final[dict[str, Competitor[int]]] = _registry(
     Competitor(

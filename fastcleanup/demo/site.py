@@ -1,7 +1,7 @@
 """The demo's local test site: pages that load, break off mid-body, or trickle in.
 
 ``fastcleanup demo`` runs it as a child process (``python -m
-fastcleanup._demo_site``) so that serving pages never competes with the
+fastcleanup.demo.site``) so that serving pages never competes with the
 crawler's loop for the GIL: the loop-stall figure of the demo then measures
 the crawler and its cleanup alone. The child prints ``port N`` once it
 listens on 127.0.0.1 and exits when its stdin closes, so it cannot outlive
@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 
 from aiohttp import web
+
+import fastcleanup as fc
 
 __all__ = ["PageSpec", "main"]
 
@@ -116,9 +118,7 @@ def main() -> int:
     # Ctrl-C in a terminal reaches the whole process group; the demo stops
     # us by closing stdin, after its own cleanup.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from ._runner import run
-
-    run(_serve())
+    fc.run(_serve())
     return 0
 
 

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ._bench_harness import percentile
+from ..bench.harness import percentile
 
 __all__ = ["Progress", "StallTicker", "quantile_bound", "read_metrics", "render_table"]
 

@@ -21,7 +21,7 @@ import aiohttp
 
 import fastcleanup as fc
 
-from ._demo_site import MAX_SIZE, PageSpec
+from .site import MAX_SIZE, PageSpec
 
 __all__ = ["BrowserProfile", "Crawl", "plan"]
 

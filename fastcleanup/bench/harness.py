@@ -86,21 +86,30 @@ def default_loop() -> str:
 
 @dataclass(frozen=True, slots=True)
 class FileSet:
-    """``len(paths)`` empty files, alone in the directory ``root``."""
+    """``len(paths)`` empty files, alone in the directories ``dirs`` (siblings)."""
 
-    root: str
+    dirs: tuple[str, ...]
     paths: list[str]
 
+    @property
+    def root(self) -> str:
+        """The directory holding the files, or for several, the one holding those."""
+        return self.dirs[0] if len(self.dirs) == 1 else os.path.dirname(self.dirs[0])
+
     def leftovers(self) -> int:
-        """How many entries are still in ``root``."""
-        try:
-            return len(os.listdir(self.root))
-        except FileNotFoundError:
-            return 0
+        """How many entries are still in ``dirs``."""
+        left = 0
+        for d in self.dirs:
+            try:
+                left += len(os.listdir(d))
+            except FileNotFoundError:
+                pass
+        return left
 
     def dispose(self) -> None:
-        """Remove ``root`` and whatever is left in it."""
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Remove ``dirs`` and whatever is left in them."""
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self
@@ -111,8 +120,14 @@ class FileSet:
         self.dispose()
 
 
-def make_files(n: int, parent: str | None = None) -> FileSet:
-    """Create ``n`` empty files in a fresh directory under ``parent``, then ``os.sync()``.
+def make_files(n: int, parent: str | None = None, dirs: int = 1) -> FileSet:
+    """Create ``n`` empty files in ``dirs`` fresh directories under ``parent``, then sync.
+
+    With several directories the files go round-robin, so any slice of the
+    paths spreads over all of them. The directories are siblings directly
+    under ``parent``: every file's parent's parent is ``parent``, so a
+    cleaner confined to ``allowed_roots=[parent]`` walks one component per
+    file whatever ``dirs`` is.
 
     Creating files right after a mass delete can be slow on ext4, so callers
     create their files before the timed part; the sync keeps writeback of the
@@ -120,18 +135,27 @@ def make_files(n: int, parent: str | None = None) -> FileSet:
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    root = tempfile.mkdtemp(prefix="fastcleanup-bench-", dir=parent)
-    paths = [os.path.join(root, f"{i:07d}") for i in range(n)]
+    if dirs < 1:
+        raise ValueError(f"dirs must be >= 1, got {dirs}")
+    made: list[str] = []
     flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
     opener, closer = os.open, os.close
     try:
+        first = tempfile.mkdtemp(prefix="fastcleanup-bench-", dir=parent)
+        made.append(first)
+        made.extend(
+            tempfile.mkdtemp(prefix=f"{os.path.basename(first)}-{k:03d}-", dir=parent)
+            for k in range(1, dirs)
+        )
+        paths = [os.path.join(made[i % dirs], f"{i:07d}") for i in range(n)]
         for p in paths:
             closer(opener(p, flags, 0o600))
     except BaseException:
-        shutil.rmtree(root, ignore_errors=True)
+        for d in made:
+            shutil.rmtree(d, ignore_errors=True)
         raise
     os.sync()
-    return FileSet(root, paths)
+    return FileSet(tuple(made), paths)
 
 
 # -- results -------------------------------------------------------------------------

@@ -1,12 +1,12 @@
 """``fastcleanup demo``: crawl a local test site and show fastcleanup at work.
 
 A child process serves pages that load, break off mid-body, or trickle in
-(:mod:`._demo_site`); a crawler on uvloop fetches them site by site
-(:mod:`._demo_crawl`), leaving every removal to guards; a 1 ms ticker
+(:mod:`.site`); a crawler on uvloop fetches them site by site
+(:mod:`.crawl`), leaving every removal to guards; a 1 ms ticker
 measures how late the loop runs; ``/metrics`` is served on 127.0.0.1
 throughout. The demo ends with ``shutdown()``, a conservation check of
 ``stats()``, a leak check of its scratch directory and a table
-(:mod:`._demo_report`); it exits 1 if anything leaked.
+(:mod:`.report`); it exits 1 if anything leaked.
 
 The demo runs its own ``Cleaner(name="demo")`` on a fresh registry rather
 than the default cleaner: its counters then start at zero and count only
@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import fastcleanup as fc
+
 if TYPE_CHECKING:
-    from ._cleaner import Cleaner
-    from ._demo_crawl import Crawl
-    from ._tally import Stats
+    from .crawl import Crawl
 
 __all__ = ["main"]
 
@@ -150,8 +150,7 @@ def main(argv: list[str]) -> int:
         print("fastcleanup demo: --loop uvloop, but uvloop is not installed", file=sys.stderr)
         return 2
 
-    from ._demo_report import render_table
-    from ._runner import run
+    from .report import render_table
 
     made_scratch = args.scratch is None or not args.scratch.exists()
     if args.scratch is None:
@@ -160,7 +159,7 @@ def main(argv: list[str]) -> int:
         scratch = args.scratch.resolve()
         scratch.mkdir(parents=True, exist_ok=True)
     try:
-        summary = _summary(args, scratch, run(_demo(args, scratch), use_uvloop=use_uvloop))
+        summary = _summary(args, scratch, fc.run(_demo(args, scratch), use_uvloop=use_uvloop))
     except KeyboardInterrupt:
         print("fastcleanup demo: interrupted", file=sys.stderr)
         return 130
@@ -193,7 +192,7 @@ async def _local_site() -> AsyncIterator[str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "fastcleanup._demo_site",
+        "fastcleanup.demo.site",
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -235,8 +234,8 @@ class _Run:
     crawl: Crawl
     drained: bool
     released_by_gc: int
-    at_scrape: Stats  # right after the scrape, with the cleaner still running
-    final: Stats  # after shutdown()
+    at_scrape: fc.Stats  # right after the scrape, with the cleaner still running
+    final: fc.Stats  # after shutdown()
     scrape: str
     url: str
     stall: dict[str, Any]  # the ticker's summary, and "idle": the same before the crawl
@@ -245,10 +244,8 @@ class _Run:
 async def _demo(args: argparse.Namespace, scratch: Path) -> _Run:
     from prometheus_client import CollectorRegistry
 
-    import fastcleanup as fc
-
-    from ._demo_crawl import Crawl, plan
-    from ._demo_report import Progress, StallTicker
+    from .crawl import Crawl, plan
+    from .report import Progress, StallTicker
 
     loop_name = type(asyncio.get_running_loop()).__module__.partition(".")[0]
     registry = CollectorRegistry()
@@ -326,14 +323,14 @@ async def _demo(args: argparse.Namespace, scratch: Path) -> _Run:
     )
 
 
-def _collect(cleaner: Cleaner) -> int:
+def _collect(cleaner: fc.Cleaner) -> int:
     """Run the cycle collector; returns how many cleanups guards submitted meanwhile."""
     before = cleaner.stats().submitted
     gc.collect()
     return cleaner.stats().submitted - before
 
 
-def _progress_line(crawl: Crawl, cleaner: Cleaner, total: int, t0: float) -> str:
+def _progress_line(crawl: Crawl, cleaner: fc.Cleaner, total: int, t0: float) -> str:
     s = cleaner.stats()
     done = crawl.done
     bar = "#" * round(20 * done / total)
@@ -349,7 +346,7 @@ _COUNTERS = ("submitted", "completed", "failed", "dropped_at_exit", "queued", "i
 
 def _summary(args: argparse.Namespace, scratch: Path, run: _Run) -> dict[str, Any]:
     """The JSON summary (``--json``); the closing table is drawn from it."""
-    from ._demo_report import quantile_bound, read_metrics
+    from .report import quantile_bound, read_metrics
 
     crawl, final, at_scrape = run.crawl, run.final, run.at_scrape
     stray, damaged = crawl.leftovers()

@@ -1,27 +1,40 @@
 """``fastcleanup bench``: fastcleanup against the usual ways to clean up a burst.
 
->>> from fastcleanup._bench import main
+>>> from fastcleanup.bench.cli import main
 >>> main(["--quick"])        # a short run: a table, targets met or missed
 0
 
-The measuring parts live beside this module: ``_bench_harness`` (fresh
-files, probes, one timed burst), ``_bench_competitors`` (who competes) and
-``_bench_micro`` (submit cost, bytes per queued task). The pytest-benchmark
+The measuring parts live beside this module: ``harness`` (fresh files,
+probes, one timed burst), ``competitors`` (who competes) and ``micro``
+(submit cost, bytes per queued task). The pytest-benchmark
 suite in ``bench/`` drives the same pieces.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import math
+import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TextIO, TypeVar
 
-from ._bench_competitors import CALL_COMPETITORS, FILE_COMPETITORS, IDLE, SLICE
-from ._bench_harness import (
+from .competitors import (
+    BUSY_SHARE,
+    CALL_COMPETITORS,
+    CONFINED,
+    FILE_COMPETITORS,
+    IDLE,
+    SLICE,
+    busy_loop,
+    file_competitor,
+)
+from .harness import (
     BenchError,
     BurstSession,
     Competitor,
@@ -31,13 +44,16 @@ from ._bench_harness import (
     run_files,
     summarize,
 )
-from ._bench_micro import SubmitCost, bytes_per_queued_remove_file, submit_costs
+from .micro import SubmitCost, bytes_per_queued_remove_file, submit_costs
 
 __all__ = [
+    "SCENARIOS",
     "Report",
+    "Scenario",
     "Target",
     "compare_calls",
     "compare_files",
+    "compiled_unlink",
     "main",
     "measure_calls",
     "measure_files",
@@ -50,6 +66,7 @@ __all__ = [
 W = TypeVar("W")
 
 BASELINE = "unlink-1-thread"
+CEILING = "unlink-2-threads"
 NAIVE = "gather-aiofiles"
 OURS = "fastcleanup-uvloop"
 CALL_BASELINE = "taskgroup-64-uvloop"
@@ -58,12 +75,59 @@ CALL_BASELINE = "taskgroup-64-uvloop"
 # -- running competitors ----------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A burst setting and who competes in it, beside the 1-thread baseline."""
+
+    key: str
+    title: str
+    names: tuple[str, ...]
+    dirs: int = 1  # directories the files are spread over
+    busy: bool = False  # the loop thread busy in Python during the burst
+    slow: bool = False  # per-file designs (~10k files/s): sized by --slow-files
+
+
+_FAST = (BASELINE, CEILING, OURS, CONFINED)
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("one-dir", "one directory", (*_FAST, "fastcleanup-asyncio")),
+    Scenario("100-dirs", "100 directories (no per-directory lock between unlinks)", _FAST, 100),
+    Scenario(
+        "busy-loop",
+        f"one directory, the loop thread {BUSY_SHARE:.0%} busy in Python",
+        _FAST,
+        busy=True,
+    ),
+    Scenario(
+        "per-file",
+        "one directory, the designs that pay per file",
+        (
+            BASELINE,
+            NAIVE,
+            "task-per-file",
+            "executor-per-file",
+            "aiojobs-spawn",
+            "rust-port",
+            OURS,
+        ),
+        slow=True,
+    ),
+)
+
+
 def measure_files(
-    name: str, n: int, *, loop: str | None = None, parent: str | None = None
+    name: str,
+    n: int,
+    *,
+    loop: str | None = None,
+    parent: str | None = None,
+    dirs: int = 1,
+    busy: bool = False,
 ) -> Measurement:
-    """One burst of ``n`` fresh files removed by the file competitor ``name``."""
-    competitor = FILE_COMPETITORS[name]
-    with make_files(n, parent) as files, BurstSession(competitor, loop) as session:
+    """One burst of ``n`` fresh files (over ``dirs`` directories) removed by ``name``."""
+    competitor = file_competitor(name, parent)
+    if busy:
+        competitor = busy_loop(competitor)
+    with make_files(n, parent, dirs) as files, BurstSession(competitor, loop) as session:
         return run_files(session, files)
 
 
@@ -108,13 +172,15 @@ def compare_files(
     *,
     loop: str | None = None,
     parent: str | None = None,
+    dirs: int = 1,
+    busy: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Measurement]:
     """Every competitor ``repeat`` times on ``n`` fresh files; the median of each."""
     results: dict[str, list[Measurement]] = {name: [] for name in names}
     for r in range(repeat):
         for name in _rotated(names, r):
-            m = measure_files(name, n, loop=loop, parent=parent)
+            m = measure_files(name, n, loop=loop, parent=parent, dirs=dirs, busy=busy)
             results[name].append(m)
             if progress is not None:
                 progress(m)
@@ -145,7 +211,7 @@ def compare_calls(
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One target of issue 3 and where this run stands."""
+    """One target and where this run stands."""
 
     what: str
     value: float
@@ -167,28 +233,47 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """What one ``fastcleanup bench`` run measured (every figure a median)."""
+    """What one ``fastcleanup bench`` run measured (every figure a median).
 
-    files: dict[str, Measurement]
+    ``bursts`` maps a scenario's key (see ``SCENARIOS``) to its competitors.
+    """
+
+    bursts: dict[str, dict[str, Measurement]]
     calls: dict[str, Measurement]
     submit: list[SubmitCost]
     bytes_per_task: float | None
     idle: Measurement | None = None  # the probes on an idle loop
 
 
+def _ratio(rows: dict[str, Measurement], name: str, base: str) -> float | None:
+    if name in rows and base in rows:
+        return rows[name].rate / rows[base].rate
+    return None
+
+
 def targets(report: Report) -> list[Target]:
     """The targets whose inputs this run measured."""
     out: list[Target] = []
-    files, calls = report.files, report.calls
-    ours = files.get(OURS)
+
+    def ratio(key: str, name: str, base: str, limit: float) -> None:
+        rows = report.bursts.get(key, {})
+        value = _ratio(rows, name, base)
+        if value is not None:
+            size = rows[name].items
+            out.append(Target(f"{key}, {size:,} files: {name} vs {base}", value, limit, True))
+
+    ratio("one-dir", OURS, BASELINE, 1.5)
+    ratio("one-dir", CONFINED, BASELINE, 1.5)
+    ratio("one-dir", CONFINED, OURS, 0.9)
+    ratio("100-dirs", OURS, BASELINE, 1.8)
+    ratio("100-dirs", CONFINED, BASELINE, 1.8)
+    ratio("per-file", OURS, NAIVE, 10.0)
+    ours = report.bursts.get("one-dir", {}).get(OURS)
     if ours is not None:
-        if BASELINE in files:
-            out.append(Target(f"{OURS} vs {BASELINE}", ours.rate / files[BASELINE].rate, 1.4, True))
-        if NAIVE in files:
-            out.append(Target(f"{OURS} vs {NAIVE}", ours.rate / files[NAIVE].rate, 10.0, True))
-        out.append(Target(f"{OURS} loop stall p99", ours.stall_p99_ms, 2.0, False, " ms"))
-        out.append(Target(f"{OURS} loop stall max", ours.stall_max_ms, 10.0, False, " ms"))
-        out.append(Target(f"{OURS} host executor call p99", ours.host_p99_ms, 5.0, False, " ms"))
+        at = f"one-dir, {ours.items:,} files: {OURS}"
+        out.append(Target(f"{at} loop stall p99", ours.stall_p99_ms, 2.0, False, " ms"))
+        out.append(Target(f"{at} loop stall max", ours.stall_max_ms, 5.0, False, " ms"))
+        out.append(Target(f"{at} host executor call p99", ours.host_p99_ms, 5.0, False, " ms"))
     cost = {c.variant: c for c in report.submit}
     submit = cost.get("fastcleanup.submit")
     if submit is not None and "deque.append" in cost:
@@ -209,6 +294,7 @@ def targets(report: Report) -> list[Target]:
                 True,
             )
         )
+    calls = report.calls
     if OURS in calls and CALL_BASELINE in calls:
         out.append(
             Target(
@@ -238,33 +324,25 @@ def _num(x: float) -> str:
     return f"{x:.2f}"
 
 
-def _file_rows(files: dict[str, Measurement]) -> list[list[str]]:
-    base = files.get(BASELINE)
-    rows = [
-        [
-            "competitor",
-            "loop",
-            "files/s",
-            "x 1-thread",
-            "stall p99/max ms",
-            "host p99 ms",
-            "peak MiB",
+def _file_rows(rows: dict[str, Measurement], quiet: Measurement | None = None) -> list[list[str]]:
+    """One row per competitor; with ``quiet``, also the ratio to that quiet baseline."""
+    base = rows.get(BASELINE)
+    header = ["competitor", "loop", "files", "files/s", "x 1-thread"]
+    if quiet is not None:
+        header.append("x quiet 1-thread")
+    table = [[*header, "stall p99/max ms", "host p99 ms", "peak MiB"]]
+    for m in rows.values():
+        cells = [m.competitor, m.loop, f"{m.items:,}", _num(m.rate)]
+        cells.append(_num(m.rate / base.rate if base is not None else math.nan))
+        if quiet is not None:
+            cells.append(_num(m.rate / quiet.rate))
+        cells += [
+            f"{_num(m.stall_p99_ms)} / {_num(m.stall_max_ms)}",
+            _num(m.host_p99_ms),
+            _num(m.peak_mib),
         ]
-    ]
-    for m in files.values():
-        ratio = m.rate / base.rate if base is not None else math.nan
-        rows.append(
-            [
-                m.competitor,
-                m.loop,
-                _num(m.rate),
-                _num(ratio),
-                f"{_num(m.stall_p99_ms)} / {_num(m.stall_max_ms)}",
-                _num(m.host_p99_ms),
-                _num(m.peak_mib),
-            ]
-        )
-    return rows
+        table.append(cells)
+    return table
 
 
 def _call_rows(calls: dict[str, Measurement]) -> list[list[str]]:
@@ -318,16 +396,30 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
             print("  " + "  ".join("-" * w for w in widths), file=out)
 
 
-def render(report: Report, out: TextIO, *, files: int, calls: int, repeat: int) -> None:
+def compiled_unlink() -> str:
+    """Whether fastcleanup's optional compiled bulk unlink is in use: yes, no or unknown."""
+    try:
+        module = importlib.import_module("fastcleanup._unlink")
+    except ImportError:
+        return "unknown"
+    compiled = getattr(module, "COMPILED", None)
+    return "unknown" if compiled is None else "yes" if compiled else "no"
+
+
+def render(report: Report, out: TextIO, *, calls: int, repeat: int) -> None:
     """Print the tables and the targets."""
-    if report.files:
+    quiet = report.bursts.get("one-dir", {}).get(BASELINE)
+    for scenario in SCENARIOS:
+        rows = report.bursts.get(scenario.key)
+        if not rows:
+            continue
         print(
-            f"\nBurst of {files:,} RemoveFile, median of {repeat}, files created fresh for "
-            f"each run (producers hand over {SLICE} per loop iteration):",
+            f"\n{scenario.key}: {scenario.title}; RemoveFile bursts, median of {repeat}, "
+            f"fresh files each run (producers hand over {SLICE} per loop iteration):",
             file=out,
         )
-        _table(_file_rows(report.files), out)
-        if report.idle is not None:
+        _table(_file_rows(rows, quiet if scenario.busy else None), out)
+        if scenario.key == "one-dir" and report.idle is not None:
             i = report.idle
             print(
                 f"  (the same probes on an idle {i.loop} loop, this machine's floor right now: "
@@ -354,37 +446,42 @@ def render(report: Report, out: TextIO, *, files: int, calls: int, repeat: int) 
         )
     found = targets(report)
     if found:
-        print("\nTargets of issue 3 (set at 100,000 files on uvloop):", file=out)
+        print("\ntargets (ratios within this run):", file=out)
         for t in found:
             print(t.line(), file=out)
 
 
 def plot(report: Report, path: str) -> None:
-    """Draw files/s and loop stall per competitor as bar charts into ``path``."""
+    """Draw files/s (as a ratio to each scenario's 1-thread loop) and loop stall into ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ms = list(report.files.values())
-    names = [m.competitor for m in ms]
-    base = report.files.get(BASELINE)
-    colors = ["tab:green" if n.startswith("fastcleanup") else "tab:gray" for n in names]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.5 * len(ms) + 1.8), sharey=True)
-    y = range(len(ms))
-    left.barh(y, [m.rate for m in ms], color=colors)
-    left.set_yticks(list(y), names)
+    labels: list[str] = []
+    ratios: list[float] = []
+    stalls: list[float] = []
+    colors: list[str] = []
+    for key, rows in report.bursts.items():
+        base = rows.get(BASELINE)
+        for m in rows.values():
+            labels.append(f"{key}: {m.competitor} ({m.items:,})")
+            ratios.append(m.rate / base.rate if base is not None else math.nan)
+            stalls.append(max(m.stall_p99_ms, 1e-3))
+            colors.append("tab:green" if m.competitor.startswith("fastcleanup") else "tab:gray")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.4 * len(labels) + 1.8), sharey=True)
+    y = range(len(labels))
+    left.barh(y, ratios, color=colors)
+    left.set_yticks(list(y), labels, fontsize=8)
     left.invert_yaxis()
-    left.set_xlabel("files/s (higher is better)")
-    if base is not None:
-        left.axvline(base.rate, color="tab:red", linestyle="--", linewidth=1)
-        for i, m in enumerate(ms):
-            left.text(m.rate, i, f" {m.rate / base.rate:.2f}x", va="center", fontsize=8)
-    right.barh(y, [max(m.stall_p99_ms, 1e-3) for m in ms], color=colors)
+    left.set_xlabel("files/s as x the scenario's 1-thread os.unlink loop (higher is better)")
+    left.axvline(1.0, color="tab:red", linestyle="--", linewidth=1)
+    for i, r in enumerate(ratios):
+        left.text(r, i, f" {r:.2f}x", va="center", fontsize=7)
+    right.barh(y, stalls, color=colors)
     right.set_xscale("log")
     right.set_xlabel("event loop stall p99, ms (log, lower is better)")
-    n = ms[0].items if ms else 0
-    fig.suptitle(f"fastcleanup bench: a burst of {n:,} file removals")
+    fig.suptitle("fastcleanup bench: bursts of file removals")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -397,17 +494,26 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fastcleanup bench",
         description=(
-            "Remove a burst of fresh files with fastcleanup and with the usual ways "
-            "(plain threads, gather, a task or an executor job per file, aiojobs, the Rust "
-            "reference's design), then print files/s, loop stall, host executor latency "
-            "and memory, and whether the targets are met."
+            "Remove bursts of fresh files with fastcleanup (default and with allowed_roots) "
+            "and with the usual ways, in one directory, over 100 directories and beside a "
+            "busy loop; time trivial Call tasks, the submit hand-off and queue memory; print "
+            "each figure as a ratio to its baseline in the same run, and the targets."
         ),
     )
-    p.add_argument("--files", type=int, help="files per burst (default 20000; --quick: 2000)")
+    p.add_argument(
+        "--files",
+        type=int,
+        help="files per burst of the fast competitors (default 10000; --quick: 2000)",
+    )
+    p.add_argument(
+        "--slow-files",
+        type=int,
+        help="files per burst of the per-file designs (default 2000; --quick: 500)",
+    )
     p.add_argument("--repeat", type=int, help="runs per competitor (default 3; --quick: 1)")
-    p.add_argument("--calls", type=int, help="trivial Call tasks per burst (default 100000)")
+    p.add_argument("--calls", type=int, help="trivial Call tasks per burst (default 50000)")
     p.add_argument("--submit-calls", type=int, help="hand-offs per submit-cost run (100000)")
-    p.add_argument("--queued", type=int, help="RemoveFile queued for the memory figure (1e6)")
+    p.add_argument("--queued", type=int, help="RemoveFile queued for the memory figure (2e5)")
     p.add_argument("--quick", action="store_true", help="a short run that proves it works")
     p.add_argument(
         "--loop",
@@ -421,6 +527,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         choices=sorted({*FILE_COMPETITORS, *CALL_COMPETITORS}),
         help="run only this competitor (repeatable); skips the micro-benchmarks",
+    )
+    p.add_argument(
+        "--scenario",
+        action="append",
+        choices=[sc.key for sc in SCENARIOS],
+        help="run only this file scenario (repeatable)",
     )
     p.add_argument("--dir", help="where to create the files (default: the temp dir)")
     p.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart (needs matplotlib)")
@@ -439,11 +551,12 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{name} must be >= 1, got {n}")
         return n
 
-    n_files = pick("files", args.files, 2_000, 20_000)
+    n_files = pick("files", args.files, 2_000, 10_000)
+    n_slow = pick("slow-files", args.slow_files, 500, 2_000)
     repeat = pick("repeat", args.repeat, 1, 3)
-    n_calls = pick("calls", args.calls, 5_000, 100_000)
+    n_calls = pick("calls", args.calls, 5_000, 50_000)
     n_submit = pick("submit-calls", args.submit_calls, 20_000, 100_000)
-    n_queued = pick("queued", args.queued, 50_000, 1_000_000)
+    n_queued = pick("queued", args.queued, 50_000, 200_000)
     if args.plot and not _importable("matplotlib"):
         print(
             "fastcleanup bench: --plot needs matplotlib; install it with "
@@ -457,20 +570,43 @@ def main(argv: list[str] | None = None) -> int:
     skipped = sorted({*FILE_COMPETITORS, *CALL_COMPETITORS} - {*file_names, *call_names})
     if skipped and not args.only:
         print(f"(skipped, a module is missing: {', '.join(skipped)})", file=sys.stderr)
+    scenarios = [sc for sc in SCENARIOS if not args.scenario or sc.key in args.scenario]
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"fastcleanup bench: loop {loop}, {os.cpu_count()} CPUs, load average {load}; "
+        f"compiled bulk unlink: {compiled_unlink()}",
+        flush=True,
+    )
 
     def progress(m: Measurement) -> None:
         print(
-            f"  {m.competitor:<22} {m.items:>9,} in {m.seconds:8.3f} s  ({_num(m.rate)}/s)",
+            f"  {m.competitor:<26} {m.items:>9,} in {m.seconds:8.3f} s  ({_num(m.rate)}/s)",
             file=sys.stderr,
             flush=True,
         )
 
+    # One directory of our own holds every burst's files: a cleaner confined
+    # to it (allowed_roots) then walks one component per file in every scenario.
+    base = tempfile.mkdtemp(prefix="fastcleanup-bench-", dir=args.dir)
     try:
         idle = measure_idle(200 if quick else 1000, loop=loop)
-        print(f"fastcleanup bench: files ({loop})...", file=sys.stderr, flush=True)
-        files = compare_files(
-            file_names, n_files, repeat, loop=loop, parent=args.dir, progress=progress
-        )
+        bursts: dict[str, dict[str, Measurement]] = {}
+        for sc in scenarios:
+            names = [n for n in sc.names if n in file_names]
+            if not names:
+                continue
+            size = n_slow if sc.slow else n_files
+            print(f"fastcleanup bench: {sc.key} ({size:,} files)...", file=sys.stderr, flush=True)
+            bursts[sc.key] = compare_files(
+                names,
+                size,
+                repeat,
+                loop=loop,
+                parent=base,
+                dirs=sc.dirs,
+                busy=sc.busy,
+                progress=progress,
+            )
         print("fastcleanup bench: Call tasks...", file=sys.stderr, flush=True)
         calls = compare_calls(call_names, n_calls, repeat, loop=loop, progress=progress)
         costs: list[SubmitCost] = []
@@ -482,9 +618,11 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchError, OSError) as exc:
         print(f"fastcleanup bench: {exc}", file=sys.stderr)
         return 2
-    report = Report(files, calls, costs, per_task, idle)
-    render(report, sys.stdout, files=n_files, calls=n_calls, repeat=repeat)
-    if args.plot and report.files:
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    report = Report(bursts, calls, costs, per_task, idle)
+    render(report, sys.stdout, calls=n_calls, repeat=repeat)
+    if args.plot and report.bursts:
         plot(report, args.plot)
         print(f"\nchart: {args.plot}")
     return 0

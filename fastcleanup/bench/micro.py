@@ -26,8 +26,8 @@ from typing import Any, Final
 
 import fastcleanup as fc
 
-from ._bench_competitors import trivial
-from ._bench_harness import BenchError, loop_factory
+from .competitors import trivial
+from .harness import BenchError, loop_factory
 
 __all__ = [
     "SUBMIT_VARIANTS",
