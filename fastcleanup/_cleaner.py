@@ -349,6 +349,9 @@ class Cleaner:
         self._dispatcher = loop.create_task(self._dispatch(), name=f"fastcleanup-{self._name}")
         self._hot[_PUT] = self._queue.append
         _lifecycle.hold(self)
+        from ._scratch import on_init  # sweeps the ScratchDir bases registered with us
+
+        on_init(self)
         return self
 
     def worker_inited(self) -> bool:
