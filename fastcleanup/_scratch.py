@@ -121,10 +121,13 @@ def sweep_sync(base: str, count: Counter, own: frozenset[str] = frozenset()) -> 
     (on a file system that emulates flock with POSIX locks, closing any
     descriptor of a locked file drops the lock).
     """
-    roots = Roots([base])  # the removal is confined to base, whatever the cleaner's roots
-    base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return []  # removed since it was registered: nothing left to sweep
     errors: list[OSError] = []
     try:
+        roots = Roots([base])  # the removal is confined to base, whatever the cleaner's roots
         for name in os.listdir(base_fd):
             try:
                 claimed = _claim(base_fd, name, own)
@@ -357,7 +360,9 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-_live: weakref.WeakSet[ScratchDir] = weakref.WeakSet()
+# Held strongly: a directory is the process's until close() or the exit, not until
+# its ScratchDir is dropped (temp files may still be in it).
+_live: set[ScratchDir] = set()
 
 
 def _own_tokens() -> frozenset[str]:
@@ -397,7 +402,10 @@ class ScratchDir:
     def __init__(self, base: str | os.PathLike[str], *, cleaner: Cleaner | None = None) -> None:
         raw = _check_base(base, "ScratchDir")
         self._cleaner = _resolve(cleaner)
-        os.makedirs(raw, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(raw, mode=0o700, exist_ok=True)
+        except FileExistsError:
+            raise ValueError(f"ScratchDir base {raw!r} exists and is no directory") from None
         self._base = os.path.realpath(raw)
         self._mutex = threading.Lock()
         self._state = _State.UNMADE
@@ -489,7 +497,8 @@ class ScratchDir:
 
 def _release(path: str, base: str, fd: int) -> None:
     try:
-        remove_tree_confined(path, Roots([base]))
+        if os.path.isdir(base):  # else it went, and our directory with it
+            remove_tree_confined(path, Roots([base]))
     finally:
         os.close(fd)
 
