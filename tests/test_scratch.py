@@ -136,6 +136,7 @@ async def test_next_start_removes_what_sigkilled_children_left_and_no_live_file(
     make_cleaner: MakeCleaner,
     registry: CollectorRegistry,
     children: Callable[..., Child],
+    loop_kind: str,
 ) -> None:
     base = scratch / "base"
     live = children("live", base, LIVE_FILES)
@@ -153,6 +154,8 @@ async def test_next_start_removes_what_sigkilled_children_left_and_no_live_file(
     left = sum(files_in(d) for d in dead)
     assert left >= KILLED * BURST  # temp files, a tree, a staging file, with removals queued
     live_before = sorted(os.listdir(live_dir))
+    live_files = files_in(live_dir)
+    assert live_files == LIVE_FILES
 
     cleaner = make_cleaner()
     fc.sweep(base, cleaner=cleaner)  # registered: the start sweeps
@@ -181,10 +184,11 @@ async def test_next_start_removes_what_sigkilled_children_left_and_no_live_file(
     await cleaner.shutdown()
     report(
         "sigkill_mid_burst",
+        loop=loop_kind,
         killed=KILLED,
         files_left=left,
         files_after=sum(files_in(d) for d in dead if d.exists()),
-        live_files_untouched=len(live_before),
+        live_files_untouched=live_files,
     )
 
 
@@ -208,6 +212,7 @@ async def test_two_cleaners_sweeping_one_base_count_each_directory_once(
     assert scratch_dirs(base) == []
     assert sum(swept(registry, c, "directory") for c in cleaners) == n
     assert sum(swept(registry, c, "file") for c in cleaners) == n
+    report("two_cleaners_one_base", directories=n, counted=n)
 
 
 def test_many_starts_and_sweeps_at_once_never_remove_a_live_directory(
