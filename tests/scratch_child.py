@@ -1,11 +1,11 @@
 """A child process for ``tests/test_scratch.py``: owns a ScratchDir, then dies or waits.
 
-    scratch_child.py burst BASE FILES  # ready after FILES files, then goes on until killed
-    scratch_child.py live BASE FILES   # ready after FILES files, then waits for EOF on stdin
-    scratch_child.py fork BASE         # forks; parent and child each report and wait
-    scratch_child.py race BASE ROUNDS  # starts, abandons and sweeps; prints a JSON summary
-    scratch_child.py abandon BASE N    # N forked children each make one and die; prints done
-    scratch_child.py sweeper BASE      # sweeps over and over until BASE/stop exists; prints JSON
+    scratch_child.py burst BASE FILES LOOP  # ready after FILES files, then on until killed
+    scratch_child.py live BASE FILES        # ready after FILES files, then waits for EOF on stdin
+    scratch_child.py fork BASE              # forks; parent and child each report and wait
+    scratch_child.py race BASE ROUNDS       # starts, abandons and sweeps; prints a JSON summary
+    scratch_child.py abandon BASE N         # N forked children each make one and die; prints done
+    scratch_child.py sweeper BASE           # sweeps until BASE/stop exists; prints a JSON summary
 
 Each prints ``ready <path>`` (``fork``: ``parent <path>`` and ``child <path>``)
 on stdout once its directory holds what it should.
@@ -137,8 +137,9 @@ def sweeper(base: str) -> None:
 
 def main() -> None:
     mode, base, *rest = sys.argv[1:]
-    if mode == "burst":
-        fc.run(burst(base, int(rest[0])))
+    if mode == "burst":  # on the loop the test runs on: "asyncio" or "uvloop"
+        runner = asyncio.run if rest[1] == "asyncio" else fc.run
+        runner(burst(base, int(rest[0])))
     elif mode == "live":
         live(base, int(rest[0]))
     elif mode == "fork":

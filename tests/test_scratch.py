@@ -140,7 +140,7 @@ async def test_next_start_removes_what_sigkilled_children_left_and_no_live_file(
 ) -> None:
     base = scratch / "base"
     live = children("live", base, LIVE_FILES)
-    killed = [children("burst", base, BURST) for _ in range(KILLED)]
+    killed = [children("burst", base, BURST, loop_kind) for _ in range(KILLED)]
     live_dir = Path(live.line().split(" ", 1)[1])
     # All ready before any is killed: each start sweeps, and would take a
     # neighbour that died before it.
