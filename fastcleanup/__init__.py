@@ -15,6 +15,7 @@ from ._cleaner import Cleaner
 from ._default import drain, init_worker, shutdown, stats, submit, worker_inited
 from ._guards import StagingFile, TempFile, on_collect
 from ._runner import run
+from ._scratch import ScratchDir, sweep
 from ._tally import Stats
 from ._tasks import AClose, Call, CleanupTask, RemoveFile, RemoveTree
 
@@ -25,6 +26,7 @@ __all__ = [
     "CleanupTask",
     "RemoveFile",
     "RemoveTree",
+    "ScratchDir",
     "StagingFile",
     "Stats",
     "TempFile",
@@ -36,6 +38,7 @@ __all__ = [
     "shutdown",
     "stats",
     "submit",
+    "sweep",
     "worker_inited",
 ]
 

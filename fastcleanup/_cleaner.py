@@ -158,7 +158,7 @@ class Cleaner(Handback):
         self._dispatcher_loop = loop
         self._dispatcher = loop.create_task(self._dispatch(), name=f"fastcleanup-{self._name}")
         self._hot[PUT] = self._queue.append
-        _lifecycle.hold(self)
+        _lifecycle.started(self)  # held until shut down empty; ScratchDir bases swept
         return self
 
     def worker_inited(self) -> bool:

@@ -49,6 +49,9 @@ _HELP = {
     "failed": "Cleanup tasks that failed, by kind and reason: error (raised), timeout (ran past "
     "task_timeout), invalid (not a cleanup task), refused (outside allowed_roots).",
     "dropped_at_exit": "Accepted cleanup tasks that could not run before the interpreter exited.",
+    "swept": "Leftovers of dead processes (killed by SIGKILL, the OOM killer, a reboot) "
+    "removed by a sweep of a ScratchDir base: type=directory counts their scratch directories, "
+    "type=file the files and other non-directory entries that were in them.",
     "queued": "Cleanup tasks waiting in the queue for the dispatcher.",
     "in_flight": "Cleanup tasks handed to batch workers and not yet finished.",
     "worker_up": "1 while the cleaner's dispatcher runs on a live event loop, else 0.",
@@ -101,6 +104,9 @@ class _CleanupCollector(Collector):
             "dropped_at_exit": CounterMetricFamily(
                 "fastcleanup_dropped_at_exit", _HELP["dropped_at_exit"], labels=["cleaner", "task"]
             ),
+            "swept": CounterMetricFamily(
+                "fastcleanup_swept", _HELP["swept"], labels=["cleaner", "type"]
+            ),
             "queued": GaugeMetricFamily("fastcleanup_queued", _HELP["queued"], labels=["cleaner"]),
             "in_flight": GaugeMetricFamily(
                 "fastcleanup_in_flight", _HELP["in_flight"], labels=["cleaner"]
@@ -136,6 +142,8 @@ def _add_cleaner(f: dict[str, Any], cleaner: Exported) -> None:
         f["failed"].add_metric([name, kind, reason], n)
     for kind, n in sorted(t.dropped_at_exit_by.items()):
         f["dropped_at_exit"].add_metric([name, kind], n)
+    for what, n in sorted(t.swept_by.items()):
+        f["swept"].add_metric([name, what], n)
     queued, in_flight, up = cleaner._gauges()
     f["queued"].add_metric([name], queued)
     f["in_flight"].add_metric([name], in_flight)

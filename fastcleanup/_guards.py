@@ -162,6 +162,10 @@ class StagingFile:
     # guard is garbage-collected without commit().
 
     Writes go through aiofiles on ``executor`` (default: the loop's).
+    ``dir`` stages the partial file there instead of beside ``dest`` (a
+    :class:`ScratchDir`, so that a SIGKILL mid-download leaves it where the
+    next start sweeps); the rename onto ``dest`` needs both on one file
+    system, so another one is refused at once with ValueError.
     """
 
     __slots__ = (
@@ -182,6 +186,7 @@ class StagingFile:
         *,
         cleaner: Cleaner | None = None,
         executor: Executor | None = None,
+        dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(dest, str | os.PathLike):
             raise TypeError(
@@ -191,6 +196,8 @@ class StagingFile:
         if not self.dest or os.path.basename(self.dest) in ("", ".", ".."):
             raise ValueError(f"StagingFile destination must name a file, got {self.dest!r}")
         head, tail = os.path.split(self.dest)
+        if dir is not None:
+            head = _staging_dir(dir, head)
         self.part = os.path.join(head, f".{tail}.{os.urandom(6).hex()}.part")
         self._executor = executor
         self._file: Any = None
@@ -264,6 +271,25 @@ class StagingFile:
     def __repr__(self) -> str:
         state = "committed" if self.committed else ("open" if self._file else "closed")
         return f"<StagingFile {self.dest!r} {state} {self.bytes_written} bytes>"
+
+
+def _staging_dir(dir: str | os.PathLike[str], dest_dir: str) -> str:
+    """``dir`` as a str, if a rename from it can reach ``dest_dir``."""
+    if not isinstance(dir, str | os.PathLike) or not isinstance(os.fspath(dir), str):
+        raise TypeError(f"StagingFile dir must be a str path or a ScratchDir, got {dir!r}")
+    path = os.fspath(dir)
+    try:
+        here, there = os.stat(path), os.stat(dest_dir or ".")
+    except OSError as exc:
+        raise ValueError(f"StagingFile needs existing directories: {exc}") from None
+    if here.st_dev != there.st_dev:
+        raise ValueError(
+            f"StagingFile dir {path!r} is on another file system than the destination's "
+            f"directory {dest_dir or '.'!r}, so the finished file could not be renamed into "
+            "place: use a ScratchDir whose base is on that file system, or no dir (stage "
+            "beside dest)"
+        )
+    return path
 
 
 async def _wait_out(fut: asyncio.Future[Any]) -> None:

@@ -12,7 +12,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import REGISTRY
 
@@ -32,6 +32,7 @@ class Survivor(Protocol):
 _ids = itertools.count(1)
 _cleaners: weakref.WeakSet[Survivor] = weakref.WeakSet()
 _before_exit: list[Callable[[], None]] = []
+_on_start: list[Callable[[Any], None]] = []
 
 
 def next_id() -> int:
@@ -47,13 +48,20 @@ def before_exit(hook: Callable[[], None]) -> None:
     _before_exit.append(hook)
 
 
+def on_start(hook: Callable[[Any], None]) -> None:
+    """Call ``hook(cleaner)`` at the end of every ``init_worker()`` that starts one."""
+    _on_start.append(hook)
+
+
+def started(cleaner: Survivor) -> None:
+    _held.add(cleaner)
+    for hook in _on_start:
+        hook(cleaner)  # ScratchDir sweeps; a hook never raises
+
+
 # Started cleaners are held strongly: a cleaner with work queued must not
 # vanish with its tasks because its owner dropped the last reference.
 _held: set[Survivor] = set()
-
-
-def hold(cleaner: Survivor) -> None:
-    _held.add(cleaner)
 
 
 def release(cleaner: Survivor) -> None:

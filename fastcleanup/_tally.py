@@ -12,6 +12,8 @@ Who writes what, so no lock is needed anywhere:
   ``threading.Lock`` and deadlocks when re-entered, client_python #1076).
   ``exit_submitted`` (tasks submitted once the interpreter is exiting) works
   the same way.
+* ``swept_by`` (leftovers of dead processes removed by a sweep) is written
+  by sweep jobs on the cleaner's threads, under a lock of ``_scratch``.
 * Everything else is written by one thread at a time: the loop thread of
   the dispatcher, or the exit handler once that loop is dead.
 
@@ -108,6 +110,7 @@ class Tally:
         "failed",
         "failed_by",
         "latency",
+        "swept_by",
         "taken_by",
     )
 
@@ -118,6 +121,7 @@ class Tally:
         self.completed_by: dict[str, int] = {}
         self.failed_by: dict[tuple[str, str], int] = {}
         self.dropped_at_exit_by: dict[str, int] = {}
+        self.swept_by: dict[str, int] = {}  # "directory" and "file"
         self.completed = 0
         self.failed = 0
         self.dropped_at_exit = 0

@@ -9,7 +9,9 @@ Protocol:
 1. It starts serving ``/metrics`` (``fc.metrics.serve``, the global registry,
    127.0.0.1) and prints the port alone on stdout's first line.
 2. Before ``init_worker()`` it submits a few tasks to each cleaner: they are
-   dropped before init.
+   dropped before init. A child it starts makes a ScratchDir under
+   ``workdir/scratch`` with a few files and dies by SIGKILL; the load process
+   makes its own ScratchDir there, so its start sweeps the child's leftovers.
 3. It waits for a line ``go`` on stdin, then runs the load for ``--seconds``:
    files removed through the default cleaner (``fc.submit``) from the loop
    and from a thread, trees, and on a second cleaner named ``load``
@@ -49,6 +51,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -68,6 +71,17 @@ EARLY_DEFAULT = 3  # RemoveFile submitted to the default cleaner before init_wor
 EARLY_LOAD = 2  # Call submitted to the "load" cleaner before init_worker()
 LATE_CALLS = 5  # Call tasks each cleaner still holds when the loop ends: dropped at exit
 OUTSIDE = "/nonexistent-fastcleanup-load/outside"  # outside the load cleaner's root
+KILLED_FILES = 4  # files in the scratch directory of the child killed before the start
+
+# A process SIGKILLed while it holds a ScratchDir: its directory is left.
+KILLED_CHILD = f"""
+import os, signal, sys
+import fastcleanup as fc
+scratch = fc.ScratchDir(sys.argv[1])
+for i in range({KILLED_FILES}):
+    scratch.temp_file(suffix=".part").keep()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
 
 
 class Control:
@@ -219,6 +233,7 @@ def tally_of(cleaner: fc.Cleaner) -> dict[str, Any]:
         "completed_by": dict(sorted(t.completed_by.items())),
         "failed_by": failed,
         "dropped_at_exit_by": dict(sorted(t.dropped_at_exit_by.items())),
+        "swept_by": dict(sorted(t.swept_by.items())),
         "latency": _histogram(t.latency),
         "batch_size": _histogram(t.batch_size),
     }
@@ -257,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         fc.submit(fc.RemoveFile(workdir / f"early{i}"))  # before init_worker(): dropped
     for _ in range(EARLY_LOAD):
         load.submit(fc.Call(ok))
+    scratch_base = workdir / "scratch"
+    killed = subprocess.run([sys.executable, "-c", KILLED_CHILD, str(scratch_base)], check=False)
+    if killed.returncode != -signal.SIGKILL:
+        raise RuntimeError(f"load_process: the child to be killed exited with {killed.returncode}")
+    fc.ScratchDir(scratch_base)  # registers the base: init_worker() sweeps the child's directory
 
     go_at = fc.run(generate_load(ctl, load, workdir, args.seconds))
     after_the_loop(load, workdir, args.submit_after_exit)

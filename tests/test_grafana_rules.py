@@ -32,6 +32,7 @@ COUNTERS = frozenset(
         "fastcleanup_completed_total",
         "fastcleanup_failed_total",
         "fastcleanup_dropped_at_exit_total",
+        "fastcleanup_swept_total",
     }
 )
 GAUGES = frozenset({"fastcleanup_queued", "fastcleanup_in_flight", "fastcleanup_worker_up"})
@@ -49,6 +50,7 @@ ALERT_NAMES = frozenset(
         "FastcleanupBacklogGrowing",
         "FastcleanupDroppedBeforeInit",
         "FastcleanupDroppedAtExit",
+        "FastcleanupSweptLeftovers",
     }
 )
 
@@ -142,6 +144,16 @@ MUTATIONS = {
         "                  fastcleanup_dropped_before_init_total\n",
     ),
     "drops at exit with another severity": ("severity: info", "severity: warning"),
+    "swept leftovers missed when the series is new": (
+        '                  fastcleanup_swept_total{type="directory"} offset 1h\n',
+        '                  fastcleanup_swept_total{type="directory"}\n',
+    ),
+    "swept leftovers missed after a restart that swept as many": (
+        "            and on (job, instance)\n"
+        "              sum by (job, instance) (resets(fastcleanup_completed_total[1h])) > 0\n",
+        "            and on (job, instance)\n"
+        "              sum by (job, instance) (resets(fastcleanup_completed_total[1h])) > 1e9\n",
+    ),
 }
 
 

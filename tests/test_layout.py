@@ -15,8 +15,6 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-import pytest
-
 import fastcleanup
 
 PACKAGE = Path(fastcleanup.__file__).parent

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.load_process import EARLY_DEFAULT, EARLY_LOAD, LATE_CALLS
+from tests.load_process import EARLY_DEFAULT, EARLY_LOAD, KILLED_FILES, LATE_CALLS
 
 ROOT = Path(__file__).resolve().parent.parent
 LOAD_PROCESS = ROOT / "tests" / "load_process.py"
@@ -390,6 +390,10 @@ def counters_by_label(
             else:
                 check(f"sum({metric}), {name}", total, stats[field])
 
+    got = scrape("fastcleanup_swept_total", ("cleaner", "type"))
+    want = {(name, what): n for name, c in cleaners.items() for what, n in c["swept_by"].items()}
+    check("fastcleanup_swept_total", got, want)
+
     for gauge in ("queued", "in_flight"):
         got = scrape(f"fastcleanup_{gauge}", ("cleaner",))
         check(f"fastcleanup_{gauge}", got, {(n,): c["stats"][gauge] for n, c in cleaners.items()})
@@ -446,6 +450,10 @@ def check_scenario(cleaners: dict[str, Any]) -> None:
     assert load["completed_by"]["call"] > 0
     assert default["failed_by"] == {"invalid": {"invalid": default["submitted_by"]["invalid"]}}
     assert load["completed_by"]["remove_file"] == 1  # the late one, at exit
+    # The SIGKILLed child's scratch directory, swept by the default cleaner's start.
+    assert default["completed_by"]["sweep"] == 1
+    assert default["swept_by"] == {"directory": 1, "file": KILLED_FILES}
+    assert load["swept_by"] == {}
     reasons = {reason for by_reason in load["failed_by"].values() for reason in by_reason}
     assert reasons == {"error", "timeout", "invalid", "refused"}
     for c in cleaners.values():
@@ -551,6 +559,7 @@ def test_prometheus_scrapes_the_dashboard_and_counters_of_a_loaded_process(
             "FastcleanupBacklogGrowing",
             "FastcleanupDroppedBeforeInit",
             "FastcleanupDroppedAtExit",
+            "FastcleanupSweptLeftovers",
         }
         expected_alerts = {
             # Both loops have ended while the process answers scrapes ("for: 5m").
@@ -563,6 +572,8 @@ def test_prometheus_scrapes_the_dashboard_and_counters_of_a_loaded_process(
             ("FastcleanupDroppedBeforeInit", "load"): "firing",
             ("FastcleanupDroppedAtExit", "default"): "firing",
             ("FastcleanupDroppedAtExit", "load"): "firing",
+            # Swept at the start, before the first scrape: a new series counts whole.
+            ("FastcleanupSweptLeftovers", "default"): "firing",
         }
         active: dict[tuple[str, str], str] = {}
 

@@ -1,0 +1,547 @@
+"""Scratch directories that outlive SIGKILL: each process owns one, and the next start sweeps.
+
+A process killed by SIGKILL, the OOM killer or a reboot runs no exit code,
+so whatever it had queued or guarded stays on disk. :class:`ScratchDir`
+gives each process a directory of its own under a shared ``base``, owned
+through an ``flock`` on a lock file inside it: the kernel releases that lock
+when the process dies, whatever the cause. A cleaner's ``init_worker()`` (or
+:func:`sweep`) then removes, through the cleaner, every directory under
+``base`` whose lock nobody holds.
+
+Names under ``base`` (nothing else there is ever touched):
+
+* ``fastcleanup-<pid>-<token>``: a directory in use; its ``.fastcleanup.lock``
+  is locked by its owner for as long as the owner lives.
+* ``.fastcleanup-new-<pid>-<token>``: being created. The owner takes its
+  lock under this name and only then renames it into place, so a directory
+  never carries the in-use name without a held lock. The sweep leaves these
+  alone until they are older than ``GRACE`` seconds.
+* ``.fastcleanup-dead-<token>``: claimed by a sweeper, which renamed it so
+  (one rename wins against the owner's rename and other sweepers) while
+  holding an ``flock`` on the directory itself, and now removes it. One
+  whose sweeper died too is swept again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import enum
+import errno
+import fcntl
+import logging
+import os
+import re
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from . import _lifecycle
+from ._paths import Roots, remove_tree_confined
+from ._tasks import current_executor
+
+if TYPE_CHECKING:
+    from ._cleaner import Cleaner
+    from ._guards import TempFile
+
+__all__ = ["ScratchDir", "sweep"]
+
+logger = logging.getLogger("fastcleanup")
+
+LOCK: Final = ".fastcleanup.lock"
+GRACE = 60.0  # seconds an in-creation directory is left alone (creating one takes microseconds)
+
+_IN_USE = re.compile(r"fastcleanup-[0-9]+-([0-9a-f]{16})")
+_NEW = re.compile(r"\.fastcleanup-new-[0-9]+-([0-9a-f]{16})")
+_DEAD = re.compile(r"\.fastcleanup-dead-([0-9a-f]{16})")
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+_LOCK_FLAGS = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+_ATTEMPTS = 8  # creations a sweeper may take from us (one per GRACE at the most) before we give up
+
+Counter = Callable[[str, int], None]  # (directory name, files in it), once per directory swept
+
+
+# -- the file-system side: runs on the cleaner's executor threads, or at exit ------
+
+
+def _token() -> str:
+    return os.urandom(8).hex()
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _close(*fds: int | None) -> None:
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
+
+
+def create(base_fd: int, pid: int) -> tuple[str, int]:
+    """Make ``fastcleanup-<pid>-<token>`` under ``base_fd``, locked; return its name and lock fd.
+
+    The lock is taken under the in-creation name, then the directory is
+    renamed into place: there is no moment at which the in-use name exists
+    unlocked. A sweeper that claims the in-creation directory first (it is
+    older than ``GRACE``: this thread was stopped in between) makes the rename
+    fail, and we start again under a new name.
+    """
+    for _ in range(_ATTEMPTS):
+        token = _token()
+        new, final = f".fastcleanup-new-{pid}-{token}", f"fastcleanup-{pid}-{token}"
+        os.mkdir(new, 0o700, dir_fd=base_fd)
+        dir_fd = lock_fd = None
+        try:
+            dir_fd = os.open(new, _DIR_FLAGS, dir_fd=base_fd)
+            lock_fd = os.open(LOCK, _LOCK_FLAGS | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd)
+            if _try_lock(lock_fd):
+                os.rename(new, final, src_dir_fd=base_fd, dst_dir_fd=base_fd)
+                fd, lock_fd = lock_fd, None
+                return final, fd
+        except FileNotFoundError:
+            pass  # claimed by a sweeper meanwhile; it removes that one
+        finally:
+            _close(dir_fd, lock_fd)
+    raise OSError(errno.EAGAIN, f"could not create a scratch directory in {_ATTEMPTS} attempts")
+
+
+def sweep_sync(base: str, count: Counter, own: frozenset[str] = frozenset()) -> list[OSError]:
+    """Remove every scratch directory under ``base`` whose owner is dead; return the errors.
+
+    ``count`` is called once per directory removed, as soon as it is gone.
+    ``own`` are tokens of this process's own directories, never even opened
+    (on a file system that emulates flock with POSIX locks, closing any
+    descriptor of a locked file drops the lock).
+    """
+    try:
+        base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return []  # removed since it was registered: nothing left to sweep
+    errors: list[OSError] = []
+    try:
+        roots = Roots([base])  # the removal is confined to base, whatever the cleaner's roots
+        for name in os.listdir(base_fd):
+            try:
+                claimed = _claim(base_fd, name, own)
+            except OSError as exc:
+                errors.append(exc)
+                continue
+            if claimed is None:
+                continue
+            dead, fds = claimed
+            try:
+                files = _count_files(base_fd, dead)
+                remove_tree_confined(os.path.join(base, dead), roots)
+            except OSError as exc:
+                errors.append(exc)
+            else:
+                count(name, files)
+            finally:
+                _close(*fds)  # only now: the claim holds until the tree is gone
+    finally:
+        os.close(base_fd)
+    return errors
+
+
+def _claim(base_fd: int, name: str, own: frozenset[str]) -> tuple[str, tuple[int, ...]] | None:
+    """Take ``name`` for removal if it is a dead owner's; None if it is not ours to take.
+
+    Returns the name it now has and the descriptors that hold the claim.
+    """
+    match = _IN_USE.fullmatch(name) or _NEW.fullmatch(name) or _DEAD.fullmatch(name)
+    if match is None or match[1] in own:
+        return None
+    try:
+        # O_NOFOLLOW: a symlink (or a file) under a scratch name is left alone.
+        dir_fd = os.open(name, _DIR_FLAGS, dir_fd=base_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            return None
+        raise
+    held = [dir_fd]  # closed on every way out but a claim, which hands them over
+    try:
+        # The directory's own flock is the sweepers' claim: two sweepers never
+        # both take one, and one whose sweeper died is free again.
+        if not _try_lock(dir_fd) or not _still_named(base_fd, name, dir_fd):
+            return None
+        if match.re is _DEAD:
+            return name, _hand_over(held)
+        if match.re is _NEW and time.time() - os.fstat(dir_fd).st_mtime < GRACE:
+            return None  # maybe being created right now
+        try:
+            lock_fd = os.open(LOCK, _LOCK_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError:
+            if match.re is _IN_USE:
+                return None  # every directory of ours has its lock file: this one is not ours
+        else:
+            held.append(lock_fd)
+            if not _try_lock(lock_fd):
+                return None  # its owner is alive
+        dead = f".fastcleanup-dead-{_token()}"
+        try:
+            # Wins or loses whole against the owner's rename into place.
+            os.rename(name, dead, src_dir_fd=base_fd, dst_dir_fd=base_fd)
+        except FileNotFoundError:
+            return None
+        return dead, _hand_over(held)
+    finally:
+        _close(*held)
+
+
+def _hand_over(held: list[int]) -> tuple[int, ...]:
+    fds = tuple(held)
+    held.clear()
+    return fds
+
+
+def _still_named(base_fd: int, name: str, fd: int) -> bool:
+    """True if ``name`` still names the directory open as ``fd`` (not renamed or replaced)."""
+    try:
+        now = os.stat(name, dir_fd=base_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _count_files(base_fd: int, name: str) -> int:
+    """Entries other than directories in the tree ``name``, its lock file left out.
+
+    Walked by descriptor with ``O_NOFOLLOW``: a symlink counts as one entry
+    and is never followed. One descriptor per level is open at a time.
+    """
+    files = 0
+    top = os.open(name, _DIR_FLAGS, dir_fd=base_fd)
+    stack = [(top, os.scandir(top))]
+    try:
+        while stack:
+            fd, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                entries.close()
+                os.close(fd)
+                stack.pop()
+            elif entry.is_dir(follow_symlinks=False):
+                try:
+                    sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                except OSError:
+                    continue  # swapped for something else: the removal sees to it
+                stack.append((sub, os.scandir(sub)))
+            elif not (len(stack) == 1 and entry.name == LOCK):
+                files += 1
+    finally:
+        for fd, entries in stack:
+            entries.close()
+            os.close(fd)
+    return files
+
+
+# -- per-cleaner state: bases to sweep and what was swept ------------------------
+
+# Kept here rather than on the Cleaner: a cleaner knows nothing of scratch
+# directories beyond the one call in its init_worker().
+_bases: weakref.WeakKeyDictionary[Cleaner, set[str]] = weakref.WeakKeyDictionary()
+_bases_lock = threading.Lock()  # ScratchDir() and sweep() in any thread; never a hot path
+# Sweep jobs of one cleaner may run on two of its threads at once; the
+# counters' only other users are scrapes, which only read.
+_count_lock = threading.Lock()
+
+
+def _resolve(cleaner: Cleaner | None) -> Cleaner:
+    from ._cleaner import Cleaner
+
+    if cleaner is None:
+        from ._default import default_cleaner
+
+        return default_cleaner
+    if not isinstance(cleaner, Cleaner):
+        raise TypeError(f"cleaner must be a fastcleanup.Cleaner or None, got {cleaner!r}")
+    return cleaner
+
+
+def _check_base(base: object, what: str) -> str:
+    if not isinstance(base, str | os.PathLike) or not isinstance(os.fspath(base), str):
+        raise TypeError(f"{what} base must be a str path or os.PathLike, got {base!r}")
+    raw = os.fspath(base)
+    if not raw or "\0" in raw:
+        raise ValueError(f"{what} base must name a directory, got {raw!r}")
+    return raw
+
+
+def _counter(cleaner: Cleaner) -> Counter:
+    def count(name: str, files: int) -> None:
+        with _count_lock:
+            by = cleaner._tally.swept_by
+            by["directory"] = by.get("directory", 0) + 1
+            by["file"] = by.get("file", 0) + files
+
+    return count
+
+
+class _Sweep:
+    """The cleanup task that sweeps one base; runs on the cleaner's executor.
+
+    Completed when every dead owner's directory is gone; failed (reason
+    ``error``) if one could not be removed, after trying all of them.
+    """
+
+    __slots__ = ("base", "cleaner")
+    kind = "sweep"
+
+    def __init__(self, base: str, cleaner: Cleaner) -> None:
+        self.base, self.cleaner = base, cleaner
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        errors = await loop.run_in_executor(
+            current_executor.get(), sweep_sync, self.base, _counter(self.cleaner), _own_tokens()
+        )
+        if errors:
+            raise OSError(
+                f"{len(errors)} leftover(s) under {self.base!r} could not be removed; "
+                f"first: {errors[0]}"
+            )
+
+    def __repr__(self) -> str:
+        return f"<sweep {self.base!r}>"
+
+
+def _watch(base: str, cleaner: Cleaner) -> None:
+    """Sweep ``base`` at every start of ``cleaner``, and now if it runs."""
+    with _bases_lock:
+        _bases.setdefault(cleaner, set()).add(base)
+    if cleaner.worker_inited():
+        cleaner.submit(_Sweep(base, cleaner))
+
+
+def on_init(cleaner: Cleaner) -> None:
+    """At the end of every ``Cleaner.init_worker()``: sweep the bases registered with it."""
+    try:
+        with _bases_lock:
+            bases = sorted(_bases.get(cleaner, ()))
+        for base in bases:
+            cleaner.submit(_Sweep(base, cleaner))
+    except Exception:  # a sweep is never worth a failed start
+        logger.exception("fastcleanup: could not submit the sweeps of %r", cleaner)
+
+
+_lifecycle.on_start(on_init)
+
+
+def sweep(base: str | os.PathLike[str], *, cleaner: Cleaner | None = None) -> None:
+    """Remove what dead processes left under ``base``, through ``cleaner``.
+
+    Sweeps now if the cleaner runs, else at its ``init_worker()``, and again
+    at every later start. Only scratch directories whose owner is dead are
+    removed (see :class:`ScratchDir`); anything else under ``base`` stays.
+
+    >>> fc.sweep("/var/tmp/crawler")
+    >>> fc.init_worker()          # the sweep runs as a cleanup task, kind "sweep"
+    """
+    raw = _check_base(base, "sweep")
+    c = _resolve(cleaner)
+    real = os.path.realpath(raw)
+    if not os.path.isdir(real):
+        raise ValueError(f"sweep base {raw!r} is not an existing directory")
+    _watch(real, c)
+
+
+# -- ScratchDir --------------------------------------------------------------------
+
+
+class _State(enum.Enum):
+    HELD = "held"  # this process owns its directory and holds the lock
+    UNMADE = "unmade"  # a fork child that has not used it yet: made on first use
+    CLOSED = "closed"
+
+
+# Held strongly: a directory is the process's until close() or the exit, not until
+# its ScratchDir is dropped (temp files may still be in it).
+_live: set[ScratchDir] = set()
+
+
+def _own_tokens() -> frozenset[str]:
+    return frozenset(s._token for s in list(_live) if s._token is not None)
+
+
+class ScratchDir:
+    """A directory of this process's own under ``base``, swept once the process is dead.
+
+    Put temp files in it; after a SIGKILL, an OOM kill or a reboot, the next
+    process whose cleaner sweeps ``base`` removes them. Creating one registers
+    ``base`` with ``cleaner`` (default: the default cleaner), so its
+    ``init_worker()`` sweeps it; made after the start, it sweeps at once.
+
+    >>> scratch = fc.ScratchDir("/var/tmp/crawler")   # base is created if missing
+    >>> fc.init_worker()                              # removes dead processes' directories
+    >>> tmp = scratch.temp_file(suffix=".html")       # a fc.TempFile inside it
+    >>> out = fc.StagingFile(dest, dir=scratch)       # staged inside it, renamed onto dest
+
+    It is an ``os.PathLike``, so ``fc.TempFile(dir=scratch)`` and
+    ``open(scratch.path / "x", "w")`` work too. After ``fork()`` the child
+    gets a directory of its own on first use and does not keep the parent's
+    alive. ``close()`` (or the end of the process) removes it.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_base",
+        "_cleaner",
+        "_lock_fd",
+        "_mutex",
+        "_path",
+        "_state",
+        "_token",
+    )
+
+    def __init__(self, base: str | os.PathLike[str], *, cleaner: Cleaner | None = None) -> None:
+        raw = _check_base(base, "ScratchDir")
+        self._cleaner = _resolve(cleaner)
+        try:
+            os.makedirs(raw, mode=0o700, exist_ok=True)
+        except FileExistsError:
+            raise ValueError(f"ScratchDir base {raw!r} exists and is no directory") from None
+        self._base = os.path.realpath(raw)
+        self._mutex = threading.Lock()
+        self._state = _State.UNMADE
+        self._path: Path | None = None
+        self._lock_fd: int | None = None
+        self._token: str | None = None
+        _live.add(self)
+        self._make()  # at once: a base we cannot write to is the caller's error, now
+        _watch(self._base, self._cleaner)
+
+    @property
+    def base(self) -> str:
+        """The shared directory (resolved) that holds every process's scratch directory."""
+        return self._base
+
+    @property
+    def path(self) -> Path:
+        """This process's directory (a fork child's own, made on first use)."""
+        path = self._path
+        return path if path is not None else self._make()
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def _make(self) -> Path:
+        with self._mutex:
+            if self._state is _State.CLOSED:
+                raise RuntimeError(f"{self!r} is closed")
+            if self._path is None:
+                base_fd = os.open(self._base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    name, self._lock_fd = create(base_fd, os.getpid())
+                finally:
+                    os.close(base_fd)
+                self._token = name.rsplit("-", 1)[1]
+                self._path = Path(self._base, name)
+                self._state = _State.HELD
+            return self._path
+
+    def temp_file(self, suffix: str = "", prefix: str = "fc-") -> TempFile:
+        """A :class:`fastcleanup.TempFile` in this directory, removed through the same cleaner."""
+        from ._guards import TempFile
+
+        return TempFile(suffix, prefix, dir=self.path, cleaner=self._cleaner)
+
+    def close(self) -> None:
+        """Remove this process's directory and release it (idempotent).
+
+        The removal goes through the cleaner when it runs (the lock is held
+        until the tree is gone); otherwise it happens here, synchronously.
+        """
+        self._close(through_cleaner=True)
+
+    def _close(self, through_cleaner: bool) -> None:
+        with self._mutex:
+            if self._state is _State.CLOSED:
+                return
+            path, fd = self._path, self._lock_fd
+            self._state, self._path, self._lock_fd, self._token = _State.CLOSED, None, None, None
+        _live.discard(self)
+        if path is None or fd is None:
+            return
+        if through_cleaner and self._cleaner.worker_inited():
+            self._cleaner.submit(_Release(str(path), self._base, fd))
+        else:
+            _release(str(path), self._base, fd)
+
+    def __enter__(self) -> ScratchDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _forget_after_fork(self) -> None:
+        # The child's copy of the lock descriptor shares the parent's open
+        # file description: closing it leaves the parent's lock in place
+        # (the parent's own descriptor still refers to it), and the child no
+        # longer keeps the parent's directory alive once the parent dies.
+        _close(self._lock_fd)
+        self._mutex = threading.Lock()  # another thread may have held it at the fork
+        if self._state is _State.HELD:
+            self._state = _State.UNMADE
+        self._path = self._lock_fd = self._token = None
+
+    def __repr__(self) -> str:
+        where = self._path if self._path is not None else self._base
+        return f"<ScratchDir {str(where)!r} {self._state.value}>"
+
+
+def _release(path: str, base: str, fd: int) -> None:
+    try:
+        if os.path.isdir(base):  # else it went, and our directory with it
+            remove_tree_confined(path, Roots([base]))
+    finally:
+        os.close(fd)
+
+
+class _Release:
+    """A closed ScratchDir's removal: the tree first, then the lock that keeps sweepers off."""
+
+    __slots__ = ("base", "fd", "path")
+    kind = "remove_tree"
+
+    def __init__(self, path: str, base: str, fd: int) -> None:
+        self.path, self.base, self.fd = path, base, fd
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(current_executor.get(), _release, self.path, self.base, self.fd)
+
+    def __repr__(self) -> str:
+        return f"<release {self.path!r}>"
+
+
+def _at_exit() -> None:
+    # A process that ends normally leaves nothing for the next start to
+    # sweep: what is swept then is only what killed processes left. This
+    # runs before the cleaners' exit work (registered later, so called
+    # first); their removals of files in here then find them gone.
+    for scratch in list(_live):
+        try:
+            scratch._close(through_cleaner=False)
+        except OSError as exc:
+            logger.warning("fastcleanup: %r left at exit: %s", scratch, exc)
+
+
+def _after_fork_in_child() -> None:
+    global _bases_lock, _count_lock
+    _bases_lock, _count_lock = threading.Lock(), threading.Lock()
+    for scratch in list(_live):
+        scratch._forget_after_fork()
+
+
+atexit.register(_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,473 @@
+"""ScratchDir and sweep: what SIGKILLed processes leave is removed at the next start.
+
+Real child processes (``tests/scratch_child.py``) own the directories; they
+are killed with SIGKILL mid-burst, or stay alive, or race with each other.
+Every check is on the file system and the counters, never on a sleep.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+import fastcleanup as fc
+from fastcleanup import _scratch
+from tests.torture_helpers import report, scale
+
+MakeCleaner = Callable[..., fc.Cleaner]
+
+ROOT = Path(__file__).resolve().parent.parent
+CHILD = ROOT / "tests" / "scratch_child.py"
+README = ROOT / "README.md"
+TIMEOUT = 30.0
+
+KILLED = scale(3, 12)  # children SIGKILLed mid-burst per loop
+BURST = scale(200, 2000)  # files each has made when it reports ready (it goes on until killed)
+LIVE_FILES = scale(100, 1000)
+RACERS = scale(3, 3)
+SWEEPERS = 2  # processes that do nothing but sweep, as fast as they can
+ROUNDS = scale(40, 300)
+
+
+class Child:
+    """``scratch_child.py MODE BASE ARGS`` with its stdout lines; killed and reaped at the end."""
+
+    def __init__(self, *args: object) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CHILD), *map(str, args)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self._buffer = b""
+
+    def line(self) -> str:
+        """The next line it printed (read unbuffered: select() must see what is left)."""
+        out = self.proc.stdout
+        assert out is not None
+        deadline = time.monotonic() + TIMEOUT
+        while b"\n" not in self._buffer:
+            ready, _, _ = select.select([out], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(out.fileno(), 65536) if ready else b""
+            assert chunk, f"child {self.proc.args!r} said nothing (exit status {self.proc.poll()})"
+            self._buffer += chunk
+        text, self._buffer = self._buffer.split(b"\n", 1)
+        return text.decode()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(TIMEOUT)
+
+    def end(self) -> None:
+        """Close its stdin (a live child then exits normally) and reap it."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(TIMEOUT)
+        finally:
+            if self.proc.poll() is None:
+                self.kill()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+
+@pytest.fixture
+def children() -> Iterator[Callable[..., Child]]:
+    made: list[Child] = []
+
+    def start(*args: object) -> Child:
+        made.append(Child(*args))
+        return made[-1]
+
+    yield start
+    for child in made:
+        child.end()
+
+
+def scratch_dirs(base: Path) -> list[Path]:
+    """The directories under ``base`` that carry a scratch name, in any state."""
+    names = (_scratch._IN_USE, _scratch._NEW, _scratch._DEAD)
+    return sorted(p for p in base.iterdir() if any(r.fullmatch(p.name) for r in names))
+
+
+def files_in(tree: Path) -> int:
+    """Non-directory entries in ``tree``, its lock file left out (what the sweep counts)."""
+    n = sum(len(files) for _, _, files in os.walk(tree))
+    return n - (tree / _scratch.LOCK).exists()
+
+
+def swept(registry: CollectorRegistry, cleaner: fc.Cleaner, what: str) -> float:
+    labels = {"cleaner": cleaner.name, "type": what}
+    return registry.get_sample_value("fastcleanup_swept_total", labels) or 0.0
+
+
+def decoys(base: Path, outside: Path) -> list[Path]:
+    """Entries under ``base`` the sweep must leave alone, whatever their names."""
+    outside.mkdir()
+    (outside / "precious").write_text("not a leftover")
+    hexa = "0123456789abcdef"
+    made = [base / "not-ours", base / f"fastcleanup-1-{hexa}", base / f"fastcleanup-2-{hexa}"]
+    made[0].mkdir()
+    (made[0] / "data").write_text("x")
+    made[1].symlink_to(outside, target_is_directory=True)  # a symlink under a scratch name
+    made[2].write_text("a file under a scratch name")
+    no_lock = base / f"fastcleanup-3-{hexa}"  # in-use name without a lock file: not ours
+    no_lock.mkdir()
+    return [*made, no_lock]
+
+
+# -- SIGKILL mid-burst, the next start, a live neighbour ---------------------------
+
+
+async def test_next_start_removes_what_sigkilled_children_left_and_no_live_file(
+    scratch: Path,
+    make_cleaner: MakeCleaner,
+    registry: CollectorRegistry,
+    children: Callable[..., Child],
+    loop_kind: str,
+) -> None:
+    base = scratch / "base"
+    live = children("live", base, LIVE_FILES)
+    killed = [children("burst", base, BURST, loop_kind) for _ in range(KILLED)]
+    live_dir = Path(live.line().split(" ", 1)[1])
+    # All ready before any is killed: each start sweeps, and would take a
+    # neighbour that died before it.
+    assert all(child.line().startswith("ready ") for child in killed)
+    for child in killed:
+        child.kill()
+    kept = decoys(base, scratch / "outside")
+    dead = [d for d in scratch_dirs(base) if d != live_dir and d.is_dir() and not d.is_symlink()]
+    dead = [d for d in dead if (d / _scratch.LOCK).exists()]
+    assert len(dead) == KILLED
+    left = sum(files_in(d) for d in dead)
+    assert left >= KILLED * BURST  # temp files, a tree, a staging file, with removals queued
+    live_before = sorted(os.listdir(live_dir))
+    live_files = files_in(live_dir)
+    assert live_files == LIVE_FILES
+
+    cleaner = make_cleaner()
+    fc.sweep(base, cleaner=cleaner)  # registered: the start sweeps
+    cleaner.init_worker()
+    assert await cleaner.drain(timeout=TIMEOUT)
+
+    assert not any(d.exists() for d in dead)
+    assert sorted(os.listdir(live_dir)) == live_before
+    assert all(map(os.path.lexists, kept))
+    assert (scratch / "outside" / "precious").read_text() == "not a leftover"
+    assert swept(registry, cleaner, "directory") == KILLED
+    assert swept(registry, cleaner, "file") == left
+    stats = cleaner.stats()
+    assert (stats.submitted, stats.completed, stats.failed) == (1, 1, 0)
+    assert (
+        registry.get_sample_value(
+            "fastcleanup_completed_total", {"cleaner": cleaner.name, "task": "sweep"}
+        )
+        == 1.0
+    )
+
+    # A process that ends normally removes its own directory: nothing to sweep.
+    live.end()
+    assert live.proc.returncode == 0
+    assert live_dir.name not in os.listdir(base)
+    await cleaner.shutdown()
+    report(
+        "sigkill_mid_burst",
+        loop=loop_kind,
+        killed=KILLED,
+        files_left=left,
+        files_after=sum(files_in(d) for d in dead if d.exists()),
+        live_files_untouched=live_files,
+    )
+
+
+async def test_two_cleaners_sweeping_one_base_count_each_directory_once(
+    scratch: Path,
+    make_cleaner: MakeCleaner,
+    registry: CollectorRegistry,
+    children: Callable[..., Child],
+) -> None:
+    base = scratch / "base"
+    n = scale(20, 200)
+    assert children("abandon", base, n).line() == "done"
+    assert len(scratch_dirs(base)) == n
+    cleaners = [make_cleaner(), make_cleaner()]
+    for c in cleaners:
+        fc.sweep(base, cleaner=c)
+        c.init_worker()
+    for c in cleaners:
+        assert await c.drain(timeout=TIMEOUT)
+        assert c.stats().failed == 0
+    assert scratch_dirs(base) == []
+    assert sum(swept(registry, c, "directory") for c in cleaners) == n
+    assert sum(swept(registry, c, "file") for c in cleaners) == n
+    report("two_cleaners_one_base", directories=n, counted=n)
+
+
+def test_many_starts_and_sweeps_at_once_never_remove_a_live_directory(
+    scratch: Path, children: Callable[..., Child]
+) -> None:
+    # Every racer starts scratch directories, abandons others (a forked child
+    # that dies) and sweeps with no grace for in-creation names, at once.
+    base = scratch / "base"
+    base.mkdir()
+    sweepers = [children("sweeper", base) for _ in range(SWEEPERS)]
+    racers = [children("race", base, ROUNDS) for _ in range(RACERS)]
+    summaries = [json.loads(r.line()) for r in racers]
+    (base / "stop").touch()
+    summaries += [{**json.loads(s.line()), "lost": [], "abandoned": 0} for s in sweepers]
+    (base / "stop").unlink()
+    names: list[str] = []
+    final = _scratch.sweep_sync(str(base), lambda name, files: names.append(name))
+    assert final == []
+    for s in summaries:
+        assert s["lost"] == [], s["lost"]
+        assert s["errors"] == [], s["errors"]
+        names += s["swept"]
+    assert len(names) == len(set(names)), "a directory was counted by two sweepers"
+    abandoned = sum(s["abandoned"] for s in summaries)
+    # Every dead owner's directory is swept once; the rest are creations
+    # a sweeper claimed mid-way (the creator then started again).
+    assert sum(bool(_scratch._IN_USE.fullmatch(n)) for n in names) == abandoned
+    assert all(_scratch._IN_USE.fullmatch(n) or _scratch._NEW.fullmatch(n) for n in names)
+    assert scratch_dirs(base) == []
+    report(
+        "scratch_race",
+        racers=RACERS,
+        sweepers=SWEEPERS,
+        sweeps=sum(s.get("sweeps", 0) for s in summaries),
+        rounds=ROUNDS,
+        abandoned=abandoned,
+        claimed_in_creation=len(names) - abandoned,
+        live_lost=0,
+    )
+
+
+# -- fork -------------------------------------------------------------------------
+
+
+def test_fork_child_gets_its_own_directory_and_does_not_keep_the_parent_s(
+    scratch: Path, children: Callable[..., Child]
+) -> None:
+    base = scratch / "base"
+    pair = children("fork", base)
+    lines = dict(pair.line().split(" ", 1) for _ in range(2))
+    parent, child = Path(lines["parent"]), Path(lines["child"])
+    assert parent != child
+    assert (parent / "parent-file").exists() and (child / "child-file").exists()
+    assert not (child / "parent-file").exists()
+
+    # The child closed its copy of the lock descriptor: the parent's lock holds.
+    fd = os.open(parent / _scratch.LOCK, os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+    names: list[str] = []
+    assert _scratch.sweep_sync(str(base), lambda name, files: names.append(name)) == []
+    assert names == []
+
+    pair.kill()  # the parent; the child lives on, and no longer holds the parent's lock
+    assert _scratch.sweep_sync(str(base), lambda name, files: names.append(name)) == []
+    assert names == [parent.name]
+    assert not parent.exists()
+    assert (child / "child-file").exists()
+
+    pair.end()  # EOF: the child exits normally and removes its own directory
+    deadline = time.monotonic() + TIMEOUT
+    while child.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not child.exists()
+
+
+def test_lock_descriptor_is_close_on_exec(scratch: Path) -> None:
+    s = fc.ScratchDir(scratch)
+    try:
+        fd = s._lock_fd
+        assert fd is not None
+        assert not os.get_inheritable(fd)
+        assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+    finally:
+        s.close()
+
+
+# -- what the sweep leaves alone, and the in-between states -----------------------
+
+
+def _sweep(base: Path) -> list[str]:
+    names: list[str] = []
+    assert _scratch.sweep_sync(str(base), lambda name, files: names.append(name)) == []
+    return names
+
+
+def test_sweep_never_follows_a_symlink_nor_touches_other_entries(scratch: Path) -> None:
+    base = scratch / "base"
+    base.mkdir()
+    outside = scratch / "outside"
+    kept = decoys(base, outside)
+    dead = base / f"fastcleanup-9-{'f' * 16}"
+    dead.mkdir()
+    (dead / _scratch.LOCK).touch()
+    (dead / "escape").symlink_to(outside, target_is_directory=True)
+    assert _sweep(base) == [dead.name]
+    assert not dead.exists()
+    assert all(os.path.lexists(p) for p in kept)
+    assert (outside / "precious").read_text() == "not a leftover"
+
+
+def test_a_directory_held_in_this_process_survives_a_sweep(scratch: Path) -> None:
+    # flock locks belong to open file descriptions: a sweep in the owner's
+    # own process that opens the lock file again is refused like any other.
+    with fc.ScratchDir(scratch) as s:
+        (s.path / "f").touch()
+        assert _scratch.sweep_sync(str(scratch), lambda name, files: None) == []
+        assert (s.path / "f").exists()
+        path = s.path
+    assert not path.exists()
+
+
+def test_in_creation_directory_waits_for_the_grace_period(scratch: Path) -> None:
+    young = scratch / f".fastcleanup-new-5-{'a' * 16}"
+    old = scratch / f".fastcleanup-new-6-{'b' * 16}"
+    stalled = scratch / f".fastcleanup-new-7-{'c' * 16}"  # an old one whose creator holds its lock
+    for d in (young, old, stalled):
+        d.mkdir()
+    (stalled / _scratch.LOCK).touch()
+    fd = os.open(stalled / _scratch.LOCK, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        past = time.time() - _scratch.GRACE - 1
+        for d in (old, stalled):
+            os.utime(d, (past, past))
+        assert _sweep(scratch) == [old.name]
+        assert young.exists() and stalled.exists()
+    finally:
+        os.close(fd)
+    assert _sweep(scratch) == [stalled.name]  # its creator is gone now
+
+
+def test_leftover_of_a_dead_sweeper_is_swept_and_a_live_sweeper_s_is_not(scratch: Path) -> None:
+    dead = scratch / f".fastcleanup-dead-{'d' * 16}"
+    busy = scratch / f".fastcleanup-dead-{'e' * 16}"
+    for d in (dead, busy):
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "f").touch()
+    fd = os.open(busy, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a sweeper at work on it
+        assert _sweep(scratch) == [dead.name]
+        assert (busy / "sub" / "f").exists()
+    finally:
+        os.close(fd)
+
+
+# -- the API ------------------------------------------------------------------------
+
+
+async def test_scratch_dir_files_go_through_its_cleaner_and_close_removes_it(
+    scratch: Path, make_cleaner: MakeCleaner
+) -> None:
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    s = fc.ScratchDir(scratch / "base", cleaner=cleaner)  # after the start: sweeps at once
+    assert re.fullmatch(r"<ScratchDir '.*/fastcleanup-\d+-[0-9a-f]{16}' held>", repr(s))
+    assert s.path.parent == Path(s.base) and os.fspath(s) == str(s.path)
+    tmp = s.temp_file(suffix=".html")
+    other = fc.TempFile(dir=s, cleaner=cleaner)
+    assert tmp.path.parent == other.path.parent == s.path
+    tmp.close()
+    assert await cleaner.drain(timeout=TIMEOUT)
+    assert not tmp.path.exists() and other.path.exists()
+    s.close()
+    assert await cleaner.drain(timeout=TIMEOUT)
+    assert not other.path.parent.exists()
+    assert repr(s) == f"<ScratchDir {s.base!r} closed>"
+    with pytest.raises(RuntimeError, match="is closed"):
+        s.temp_file()
+    s.close()  # idempotent
+    # One sweep (at construction) and one tree removal (close), nothing swept.
+    assert cleaner.stats().completed == 3 and cleaner.stats().failed == 0
+    await cleaner.shutdown()
+
+
+async def test_staging_file_in_a_scratch_dir_commits_onto_its_destination(
+    scratch: Path, make_cleaner: MakeCleaner
+) -> None:
+    cleaner = make_cleaner()
+    with fc.ScratchDir(scratch / "base", cleaner=cleaner) as s:
+        dest = scratch / "page.html"
+        async with fc.StagingFile(dest, dir=s, cleaner=cleaner) as out:
+            assert Path(out.part).parent == s.path
+            await out.write(b"body")
+        assert dest.read_bytes() == b"body"
+        assert os.listdir(s.path) == [_scratch.LOCK]
+
+
+def test_staging_file_refuses_a_scratch_dir_on_another_file_system(
+    scratch: Path, tmp_path: Path
+) -> None:
+    if os.stat(scratch).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs two file systems (tmpfs at /dev/shm and another for tmp_path)")
+    with fc.ScratchDir(scratch / "base") as s, pytest.raises(ValueError, match="file system"):
+        fc.StagingFile(tmp_path / "page.html", dir=s)
+
+
+@pytest.mark.parametrize(
+    ("base", "error", "message"),
+    [
+        (42, TypeError, "str path"),
+        (b"/tmp/x", TypeError, "str path"),
+        ("", ValueError, "name a directory"),
+        ("a\0b", ValueError, "name a directory"),
+    ],
+)
+def test_constructors_check_their_arguments(base: object, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        fc.ScratchDir(base)  # type: ignore[arg-type]
+    with pytest.raises(error, match=message):
+        fc.sweep(base)  # type: ignore[arg-type]
+
+
+def test_bad_base_or_cleaner_is_refused(scratch: Path) -> None:
+    (scratch / "file").touch()
+    with pytest.raises(ValueError, match="no directory"):
+        fc.ScratchDir(scratch / "file")
+    with pytest.raises(ValueError, match="not an existing directory"):
+        fc.sweep(scratch / "missing")
+    with pytest.raises(TypeError, match="cleaner must be"):
+        fc.ScratchDir(scratch, cleaner="default")  # type: ignore[arg-type]
+
+
+def test_readme_example_runs(scratch: Path) -> None:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("### Scratch directories", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    base, pages = scratch / "crawler", scratch / "pages"
+    pages.mkdir()
+    leftover = base / f"fastcleanup-1-{'0' * 16}"  # what a killed run left
+    leftover.mkdir(parents=True)
+    (leftover / _scratch.LOCK).touch()
+    (leftover / "page.part").touch()
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code.replace("/var/tmp", str(scratch))],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not leftover.exists()
+    assert scratch_dirs(base) == []
+    assert (pages / "page.html").read_bytes() == b"<html>"
