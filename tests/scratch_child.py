@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import fastcleanup as fc
-from fastcleanup import _scratch
+from fastcleanup import _sweep
 
 
 def _touch(path: Path) -> None:
@@ -85,7 +85,7 @@ def race(base: str, rounds: int) -> None:
     marker. Sweeps claim in-creation directories at once (no grace), so
     creations race with sweeps in other processes at every step.
     """
-    _scratch.GRACE = 0.0
+    _sweep.GRACE = 0.0
     live: list[fc.ScratchDir] = []
     swept: list[str] = []
     lost: list[str] = []
@@ -104,7 +104,7 @@ def race(base: str, rounds: int) -> None:
         os.waitpid(pid, 0)
         abandoned += 1
         if r % 2:
-            errors += map(str, _scratch.sweep_sync(base, lambda name, files: swept.append(name)))
+            errors += map(str, _sweep.sweep_sync(base, lambda name, files: swept.append(name)))
         lost += [str(s.path) for s in live if not (s.path / "marker").exists()]
     for scratch in live:
         scratch.close()
@@ -124,13 +124,13 @@ def abandon(base: str, n: int) -> None:
 
 def sweeper(base: str) -> None:
     """Sweep without a pause (and without grace) while the racers start and abandon."""
-    _scratch.GRACE = 0.0
+    _sweep.GRACE = 0.0
     swept: list[str] = []
     errors: list[str] = []
     sweeps = 0
     stop = os.path.join(base, "stop")  # no scratch name: the sweeps leave it alone
     while not os.path.exists(stop):
-        errors += map(str, _scratch.sweep_sync(base, lambda name, files: swept.append(name)))
+        errors += map(str, _sweep.sweep_sync(base, lambda name, files: swept.append(name)))
         sweeps += 1
     print(json.dumps({"swept": swept, "errors": errors, "sweeps": sweeps}), flush=True)
 

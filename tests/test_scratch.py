@@ -23,7 +23,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import fastcleanup as fc
-from fastcleanup import _scratch
+from fastcleanup import _sweep as protocol
 from tests.torture_helpers import report, scale
 
 MakeCleaner = Callable[..., fc.Cleaner]
@@ -98,14 +98,14 @@ def children() -> Iterator[Callable[..., Child]]:
 
 def scratch_dirs(base: Path) -> list[Path]:
     """The directories under ``base`` that carry a scratch name, in any state."""
-    names = (_scratch._IN_USE, _scratch._NEW, _scratch._DEAD)
+    names = (protocol._IN_USE, protocol._NEW, protocol._DEAD)
     return sorted(p for p in base.iterdir() if any(r.fullmatch(p.name) for r in names))
 
 
 def files_in(tree: Path) -> int:
     """Non-directory entries in ``tree``, its lock file left out (what the sweep counts)."""
     n = sum(len(files) for _, _, files in os.walk(tree))
-    return n - (tree / _scratch.LOCK).exists()
+    return n - (tree / protocol.LOCK).exists()
 
 
 def swept(registry: CollectorRegistry, cleaner: fc.Cleaner, what: str) -> float:
@@ -149,7 +149,7 @@ async def test_next_start_removes_what_sigkilled_children_left_and_no_live_file(
         child.kill()
     kept = decoys(base, scratch / "outside")
     dead = [d for d in scratch_dirs(base) if d != live_dir and d.is_dir() and not d.is_symlink()]
-    dead = [d for d in dead if (d / _scratch.LOCK).exists()]
+    dead = [d for d in dead if (d / protocol.LOCK).exists()]
     assert len(dead) == KILLED
     left = sum(files_in(d) for d in dead)
     assert left >= KILLED * BURST  # temp files, a tree, a staging file, with removals queued
@@ -229,7 +229,7 @@ def test_many_starts_and_sweeps_at_once_never_remove_a_live_directory(
     summaries += [{**json.loads(s.line()), "lost": [], "abandoned": 0} for s in sweepers]
     (base / "stop").unlink()
     names: list[str] = []
-    final = _scratch.sweep_sync(str(base), lambda name, files: names.append(name))
+    final = protocol.sweep_sync(str(base), lambda name, files: names.append(name))
     assert final == []
     for s in summaries:
         assert s["lost"] == [], s["lost"]
@@ -239,8 +239,8 @@ def test_many_starts_and_sweeps_at_once_never_remove_a_live_directory(
     abandoned = sum(s["abandoned"] for s in summaries)
     # Every dead owner's directory is swept once; the rest are creations
     # a sweeper claimed mid-way (the creator then started again).
-    assert sum(bool(_scratch._IN_USE.fullmatch(n)) for n in names) == abandoned
-    assert all(_scratch._IN_USE.fullmatch(n) or _scratch._NEW.fullmatch(n) for n in names)
+    assert sum(bool(protocol._IN_USE.fullmatch(n)) for n in names) == abandoned
+    assert all(protocol._IN_USE.fullmatch(n) or protocol._NEW.fullmatch(n) for n in names)
     assert scratch_dirs(base) == []
     report(
         "scratch_race",
@@ -269,18 +269,18 @@ def test_fork_child_gets_its_own_directory_and_does_not_keep_the_parent_s(
     assert not (child / "parent-file").exists()
 
     # The child closed its copy of the lock descriptor: the parent's lock holds.
-    fd = os.open(parent / _scratch.LOCK, os.O_RDWR)
+    fd = os.open(parent / protocol.LOCK, os.O_RDWR)
     try:
         with pytest.raises(BlockingIOError):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         os.close(fd)
     names: list[str] = []
-    assert _scratch.sweep_sync(str(base), lambda name, files: names.append(name)) == []
+    assert protocol.sweep_sync(str(base), lambda name, files: names.append(name)) == []
     assert names == []
 
     pair.kill()  # the parent; the child lives on, and no longer holds the parent's lock
-    assert _scratch.sweep_sync(str(base), lambda name, files: names.append(name)) == []
+    assert protocol.sweep_sync(str(base), lambda name, files: names.append(name)) == []
     assert names == [parent.name]
     assert not parent.exists()
     assert (child / "child-file").exists()
@@ -308,7 +308,7 @@ def test_lock_descriptor_is_close_on_exec(scratch: Path) -> None:
 
 def _sweep(base: Path) -> list[str]:
     names: list[str] = []
-    assert _scratch.sweep_sync(str(base), lambda name, files: names.append(name)) == []
+    assert protocol.sweep_sync(str(base), lambda name, files: names.append(name)) == []
     return names
 
 
@@ -319,7 +319,7 @@ def test_sweep_never_follows_a_symlink_nor_touches_other_entries(scratch: Path) 
     kept = decoys(base, outside)
     dead = base / f"fastcleanup-9-{'f' * 16}"
     dead.mkdir()
-    (dead / _scratch.LOCK).touch()
+    (dead / protocol.LOCK).touch()
     (dead / "escape").symlink_to(outside, target_is_directory=True)
     assert _sweep(base) == [dead.name]
     assert not dead.exists()
@@ -332,7 +332,7 @@ def test_a_directory_held_in_this_process_survives_a_sweep(scratch: Path) -> Non
     # own process that opens the lock file again is refused like any other.
     with fc.ScratchDir(scratch) as s:
         (s.path / "f").touch()
-        assert _scratch.sweep_sync(str(scratch), lambda name, files: None) == []
+        assert protocol.sweep_sync(str(scratch), lambda name, files: None) == []
         assert (s.path / "f").exists()
         path = s.path
     assert not path.exists()
@@ -344,11 +344,11 @@ def test_in_creation_directory_waits_for_the_grace_period(scratch: Path) -> None
     stalled = scratch / f".fastcleanup-new-7-{'c' * 16}"  # an old one whose creator holds its lock
     for d in (young, old, stalled):
         d.mkdir()
-    (stalled / _scratch.LOCK).touch()
-    fd = os.open(stalled / _scratch.LOCK, os.O_RDWR)
+    (stalled / protocol.LOCK).touch()
+    fd = os.open(stalled / protocol.LOCK, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        past = time.time() - _scratch.GRACE - 1
+        past = time.time() - protocol.GRACE - 1
         for d in (old, stalled):
             os.utime(d, (past, past))
         assert _sweep(scratch) == [old.name]
@@ -412,7 +412,7 @@ async def test_staging_file_in_a_scratch_dir_commits_onto_its_destination(
             assert Path(out.part).parent == s.path
             await out.write(b"body")
         assert dest.read_bytes() == b"body"
-        assert os.listdir(s.path) == [_scratch.LOCK]
+        assert os.listdir(s.path) == [protocol.LOCK]
 
 
 def test_staging_file_refuses_a_scratch_dir_on_another_file_system(
@@ -458,7 +458,7 @@ def test_readme_example_runs(scratch: Path) -> None:
     pages.mkdir()
     leftover = base / f"fastcleanup-1-{'0' * 16}"  # what a killed run left
     leftover.mkdir(parents=True)
-    (leftover / _scratch.LOCK).touch()
+    (leftover / protocol.LOCK).touch()
     (leftover / "page.part").touch()
     proc = subprocess.run(
         [sys.executable, "-W", "error", "-c", code.replace("/var/tmp", str(scratch))],
