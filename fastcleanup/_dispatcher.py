@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from itertools import islice, repeat, starmap
+from itertools import repeat, starmap
 from typing import Any
 
 from ._batch import Batch
@@ -98,14 +98,20 @@ class Dispatcher(BatchWorker):
         ``FILE_BATCH`` files (spread over the cleaner's threads), so the
         loop's work per batch, and the GIL it holds, is spread over many
         files; such a batch starts no asyncio task per file, so the cap on
-        live tasks still holds. Types are read in C: nothing runs between
-        the look and the pops that could change the head of the queue.
+        live tasks still holds.
         """
-        want = min(len(self._queue) // self._io_threads, FILE_BATCH)
+        queue = self._queue
+        want = min(len(queue) // self._io_threads, FILE_BATCH)
         if want <= n:
             return n
-        run = list(map(type, islice(self._queue, want)))
-        return want if run.count(RemoveFile) == want else n
+        try:
+            # Read by index, in C, never iterated: a garbage collection may run
+            # a finalizer that submits meanwhile, and an append would break a
+            # deque iterator. Appends leave the first ``want`` slots as they are.
+            types = list(map(type, map(queue.__getitem__, range(want))))
+            return want if types.count(RemoveFile) == want else n
+        except Exception:  # a hostile metaclass whose __eq__ raises
+            return n
 
 
 FILE_BATCH = 1024  # files in one job at most: a second of unlinks on slow storage

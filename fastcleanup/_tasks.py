@@ -23,6 +23,8 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import aiofiles.os
 
+from ._unlink import untrack as _untrack
+
 __all__ = [
     "INVALID",
     "KINDS",
@@ -85,6 +87,11 @@ class RemoveFile:
             self.path: str | bytes = path
         else:
             self.path = _fspath(path, "RemoveFile")
+        if type(self) is RemoveFile:
+            # Holding a str or bytes only, it can never be part of a reference
+            # cycle; untracked, a burst of 100,000 queued removals no longer
+            # makes the garbage collector's full passes scan them all.
+            _untrack(self)
 
     async def run(self) -> None:
         try:

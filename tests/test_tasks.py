@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from pathlib import Path
 
 import pytest
 
 import fastcleanup as fc
+from fastcleanup import _unlink
 
 
 @pytest.mark.parametrize(
@@ -81,3 +83,16 @@ async def test_tasks_run_on_their_own_too(scratch: Path) -> None:
 
     await fc.Call(add, 1, y=2).run()
     assert got == [3]
+
+
+@pytest.mark.skipif(not _unlink.COMPILED, reason="the compiled module is not built")
+def test_remove_file_is_not_tracked_by_the_gc() -> None:
+    """A queued burst of removals gives the garbage collector nothing to scan;
+    a subclass (which may hold anything) stays tracked."""
+
+    class Mine(fc.RemoveFile):
+        pass
+
+    assert not gc.is_tracked(fc.RemoveFile("/tmp/x"))
+    assert not gc.is_tracked(fc.RemoveFile(b"/tmp/x"))
+    assert gc.is_tracked(Mine("/tmp/x"))
