@@ -71,24 +71,49 @@ class Roots:
         Raises ``Refused`` for a directory outside every root; the caller
         closes the returned descriptor.
         """
+        lexical = self._lexical(parent)
+        if lexical is not None:
+            # A plain absolute path under a root: the O_NOFOLLOW walk alone
+            # proves it is inside (it follows no symlink and meets no ".."),
+            # with no realpath to pay. A symlink on the way fails the walk,
+            # and the resolving path below decides.
+            try:
+                return _walk(*lexical)
+            except OSError:
+                pass
         real = os.path.realpath(parent or ".")
         for root in self._roots:
             if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
-                break
-        else:
-            raise Refused(f"{parent!r} is outside the allowed roots {list(self._roots)}")
-        fd = os.open(root, _DIR_FLAGS)
-        try:
-            for part in os.path.relpath(real, root).split(os.sep):
-                if part in ("", "."):
-                    continue
-                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                os.close(fd)
-                fd = nfd
-        except BaseException:
+                return _walk(root, os.path.relpath(real, root).split(os.sep))
+        raise Refused(f"{parent!r} is outside the allowed roots {list(self._roots)}")
+
+    def _lexical(self, parent: str) -> tuple[str, list[str]] | None:
+        """``(root, components)`` when ``parent`` is spelled plainly inside a root."""
+        if not parent.startswith(os.sep) or "/." in parent or "//" in parent:
+            return None  # relative, ".", "..", a hidden name or a doubled slash: resolve it
+        for root in self._roots:
+            prefix = root.rstrip(os.sep) + os.sep
+            if parent == root:
+                return root, []
+            if parent.startswith(prefix):
+                return root, parent[len(prefix) :].split(os.sep)
+        return None
+
+
+def _walk(root: str, parts: list[str]) -> int:
+    """Open ``root``, then each of ``parts`` below it, never following a symlink."""
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in parts:
+            if part in ("", "."):
+                continue
+            nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
             os.close(fd)
-            raise
-        return fd
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def split(path: str | bytes) -> tuple[str, str]:

@@ -326,7 +326,10 @@ def test_ten_thousand_files_in_a_hundred_directories(unlink: Unlink, scratch: Pa
 
 @pytest.mark.skipif(_cbulk is None, reason="fastcleanup._cbulk was not built")
 def test_untrack_takes_a_remove_file_out_of_the_collector(scratch: Path) -> None:
-    task = fc.RemoveFile(scratch / "x")
+    class Mine(fc.RemoveFile):  # a plain RemoveFile is untracked already, a subclass is not
+        pass
+
+    task = Mine(scratch / "x")
     assert gc.is_tracked(task)
     _cbulk.untrack(task)
     assert not gc.is_tracked(task)
@@ -411,3 +414,60 @@ def test_tuples_work_like_lists(unlink: Unlink, scratch: Path, dir_fd: int) -> N
     names: Sequence[str] = tuple(f.name for f in files)
     assert unlink((dir_fd, _unlink.SKIP, dir_fd), names, new_state()) == []
     assert [f.exists() for f in files] == [False, True, False]
+
+
+CLEANER_BURST = """
+import os, sys
+import fastcleanup as fc
+import fastcleanup._unlink as u
+from prometheus_client import CollectorRegistry
+
+assert u.COMPILED is (sys.argv[1] == "compiled"), u.COMPILED
+root = sys.argv[2]
+dirs = [os.path.join(root, f"d{i}") for i in range(20)]
+paths = []
+for d in dirs:
+    os.mkdir(d)
+    for i in range(150):
+        paths.append(os.path.join(d, f"f{i}"))
+        open(paths[-1], "w").close()
+outside = os.path.join(root, "..", "outside-" + os.path.basename(root))
+open(outside, "w").close()
+
+async def main(roots):
+    async with fc.Cleaner(registry=CollectorRegistry(), allowed_roots=roots) as c:
+        for p in paths[: len(paths) // 2] if roots is None else paths[len(paths) // 2 :]:
+            c.submit(fc.RemoveFile(p))
+        if roots is not None:
+            c.submit(fc.RemoveFile(outside))
+        assert await c.drain(timeout=60)
+        return c.stats()
+
+plain = fc.run(main(None))
+confined = fc.run(main([root]))
+left = sum(len(os.listdir(d)) for d in dirs)
+assert left == 0, left
+assert os.path.exists(outside)
+os.unlink(outside)
+print(plain.completed, confined.completed, confined.failed)
+"""
+
+
+@pytest.mark.parametrize("path", ["pure", "compiled"])
+def test_a_cleaner_burst_on_each_path(path: str, tmp_path: Path) -> None:
+    """The whole pipeline, default and confined, on the pure-Python path and the compiled one."""
+    if path == "compiled" and _cbulk is None:
+        pytest.skip("fastcleanup._cbulk was not built")
+    root = tmp_path / "root"
+    root.mkdir()
+    env = {**os.environ, "FASTCLEANUP_PURE_PYTHON": "1" if path == "pure" else ""}
+    proc = subprocess.run(
+        [sys.executable, "-c", CLEANER_BURST, path, str(root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1500", "1500", "1"]

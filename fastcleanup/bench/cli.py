@@ -503,16 +503,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--files",
         type=int,
-        help="files per burst of the fast competitors (default 10000; --quick: 2000)",
+        help="files per burst of the fast competitors (default 3000; --quick: 2000)",
     )
     p.add_argument(
         "--slow-files",
         type=int,
-        help="files per burst of the per-file designs (default 2000; --quick: 500)",
+        help="files per burst of the per-file designs (default 1000; --quick: 500)",
     )
     p.add_argument("--repeat", type=int, help="runs per competitor (default 3; --quick: 1)")
-    p.add_argument("--calls", type=int, help="trivial Call tasks per burst (default 50000)")
-    p.add_argument("--submit-calls", type=int, help="hand-offs per submit-cost run (100000)")
+    p.add_argument("--calls", type=int, help="trivial Call tasks per burst (default 20000)")
+    p.add_argument("--submit-calls", type=int, help="hand-offs per submit-cost run (default 50000)")
     p.add_argument("--queued", type=int, help="RemoveFile queued for the memory figure (2e5)")
     p.add_argument("--quick", action="store_true", help="a short run that proves it works")
     p.add_argument(
@@ -551,11 +551,11 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{name} must be >= 1, got {n}")
         return n
 
-    n_files = pick("files", args.files, 2_000, 10_000)
-    n_slow = pick("slow-files", args.slow_files, 500, 2_000)
+    n_files = pick("files", args.files, 2_000, 3_000)
+    n_slow = pick("slow-files", args.slow_files, 500, 1_000)
     repeat = pick("repeat", args.repeat, 1, 3)
-    n_calls = pick("calls", args.calls, 5_000, 50_000)
-    n_submit = pick("submit-calls", args.submit_calls, 20_000, 100_000)
+    n_calls = pick("calls", args.calls, 5_000, 20_000)
+    n_submit = pick("submit-calls", args.submit_calls, 20_000, 50_000)
     n_queued = pick("queued", args.queued, 50_000, 200_000)
     if args.plot and not _importable("matplotlib"):
         print(
