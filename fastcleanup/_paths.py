@@ -65,11 +65,12 @@ class Roots:
         parent, name = split(path)
         return self.open_dir(parent), name
 
-    def open_dir(self, parent: str) -> int:
+    def open_dir(self, parent: str, held: dict[str, int] | None = None) -> int:
         """Open directory ``parent`` (as ``split`` gave it) if it lies inside a root.
 
         Raises ``Refused`` for a directory outside every root; the caller
-        closes the returned descriptor.
+        closes the returned descriptor. ``held`` keeps each root's own
+        descriptor open between calls (one job's); its owner closes them.
         """
         lexical = self._lexical(parent)
         if lexical is not None:
@@ -78,13 +79,13 @@ class Roots:
             # with no realpath to pay. A symlink on the way fails the walk,
             # and the resolving path below decides.
             try:
-                return _walk(*lexical)
+                return _walk(*lexical, held)
             except OSError:
                 pass
         real = os.path.realpath(parent or ".")
         for root in self._roots:
             if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
-                return _walk(root, os.path.relpath(real, root).split(os.sep))
+                return _walk(root, os.path.relpath(real, root).split(os.sep), held)
         raise Refused(f"{parent!r} is outside the allowed roots {list(self._roots)}")
 
     def _lexical(self, parent: str) -> tuple[str, list[str]] | None:
@@ -100,13 +101,24 @@ class Roots:
         return None
 
 
-def _walk(root: str, parts: list[str]) -> int:
-    """Open ``root``, then each of ``parts`` below it, never following a symlink."""
-    fd = os.open(root, _DIR_FLAGS)
+def _walk(root: str, parts: list[str], held: dict[str, int] | None = None) -> int:
+    """Open ``root``, then each of ``parts`` below it, never following a symlink.
+
+    With ``held``, the root's own descriptor is opened once and kept there,
+    and the first part is opened relative to it: one ``open`` per directory.
+    """
+    parts = [part for part in parts if part not in ("", ".")]
+    if held is None:
+        fd = os.open(root, _DIR_FLAGS)
+    else:
+        top = held.get(root)
+        if top is None:
+            top = held[root] = os.open(root, _DIR_FLAGS)
+        if not parts:
+            return os.dup(top)  # the caller closes it; the root's own stays held
+        fd = os.open(parts.pop(0), _DIR_FLAGS, dir_fd=top)
     try:
         for part in parts:
-            if part in ("", "."):
-                continue
             nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = nfd
@@ -226,6 +238,7 @@ class UnlinkJob:
         names: list[Any] = [""] * n
         fds = [SKIP] * n
         opened: dict[str, int | OSError] = {}
+        held: dict[str, int] = {}  # the roots' own descriptors, for this job
         try:
             for start in range(0, n, _CHUNK):
                 stop = min(start + _CHUNK, n)
@@ -237,7 +250,7 @@ class UnlinkJob:
                         continue
                     fd = opened.get(parent)
                     if fd is None:
-                        fd = opened[parent] = _open_dir(roots, parent)
+                        fd = opened[parent] = _open_dir(roots, parent, held)
                     if isinstance(fd, int):
                         fds[k] = fd
                     elif not isinstance(fd, FileNotFoundError):  # a parent gone: so is its file
@@ -251,6 +264,8 @@ class UnlinkJob:
                     _close_all(opened)
         finally:
             _close_all(opened)
+            for fd in held.values():
+                os.close(fd)
             self.errors.sort(key=_first)
 
 
@@ -262,9 +277,9 @@ def _first(item: tuple[int, OSError]) -> int:
     return item[0]
 
 
-def _open_dir(roots: Roots, parent: str) -> int | OSError:
+def _open_dir(roots: Roots, parent: str, held: dict[str, int]) -> int | OSError:
     try:
-        return roots.open_dir(parent)
+        return roots.open_dir(parent, held)
     except OSError as exc:
         return exc
 
