@@ -140,9 +140,9 @@ def test_a_confined_job_opens_each_parent_once(
     opened: list[str] = []
     real_open_dir = Roots.open_dir
 
-    def open_dir(self: Roots, parent: str) -> int:
+    def open_dir(self: Roots, parent: str, held: dict[str, int] | None = None) -> int:
         opened.append(parent)
-        return real_open_dir(self, parent)
+        return real_open_dir(self, parent, held)
 
     monkeypatch.setattr(Roots, "open_dir", open_dir)
     job = UnlinkJob(paths, Roots([root]))
