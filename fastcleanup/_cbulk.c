@@ -23,7 +23,7 @@
 #define SKIP_FD (-1)
 
 /* Outcome of converting one name, kept in code[] for the unlink pass. */
-#define TODO 0        /* unlink it */
+#define PENDING 0     /* unlink it */
 #define SKIPPED (-1)  /* counted, never touched */
 
 typedef struct {
@@ -106,7 +106,7 @@ fd_from(PyObject *obj, const char *what, Py_ssize_t index)
 }
 
 /* Convert names[k] for the unlink pass: *path points into *holder (or into
- * the str itself, which the snapshot list keeps alive). Returns TODO, or
+ * the str itself, which the snapshot list keeps alive). Returns PENDING, or
  * EINVAL when the item is no path; never leaves an exception set. */
 static int
 convert(PyObject *item, const char **path, PyObject **holder)
@@ -133,7 +133,7 @@ convert(PyObject *item, const char **path, PyObject **holder)
                 return EINVAL; /* embedded NUL */
             }
             *path = data;
-            return TODO;
+            return PENDING;
         }
     }
     PyObject *bytes = NULL;
@@ -145,7 +145,7 @@ convert(PyObject *item, const char **path, PyObject **holder)
     }
     *holder = bytes;
     *path = PyBytes_AS_STRING(bytes);
-    return TODO;
+    return PENDING;
 }
 
 static PyObject *
@@ -186,7 +186,7 @@ run(job_t *job, Py_ssize_t start, Py_ssize_t count)
             if (__atomic_load_n(&state[1], __ATOMIC_RELAXED) != 0) {
                 break;
             }
-            if (code[finished] == TODO) {
+            if (code[finished] == PENDING) {
                 if (unlinkat(fds[finished], paths[finished], 0) != 0 && errno != ENOENT) {
                     code[finished] = errno;
                 }
