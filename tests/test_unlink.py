@@ -372,6 +372,15 @@ def test_a_replaced_os_unlink_turns_the_compiled_path_off(
     assert _unlink.use_compiled() == _unlink.COMPILED
 
 
+def run_python(args: list[str], env: dict[str, str], cwd: Path | None = None) -> str:
+    """Run this interpreter with ``args`` in ``env``; return its output once it succeeded."""
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
 PURE_CHECK = """
 import array, gc, os, sys
 import fastcleanup as fc
@@ -396,17 +405,8 @@ def test_environment_forces_the_pure_path(value: str, pure: bool, scratch: Path)
     if not pure and _cbulk is None:
         pytest.skip("fastcleanup._cbulk was not built")
     env = {**os.environ, "FASTCLEANUP_PURE_PYTHON": value}
-    proc = subprocess.run(
-        [sys.executable, "-c", PURE_CHECK, "pure" if pure else "compiled"],
-        cwd=scratch,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"
+    out = run_python(["-c", PURE_CHECK, "pure" if pure else "compiled"], env, cwd=scratch)
+    assert out.strip() == "ok"
 
 
 def test_tuples_work_like_lists(unlink: Unlink, scratch: Path, dir_fd: int) -> None:
@@ -461,16 +461,8 @@ def test_a_cleaner_burst_on_each_path(path: str, tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
     env = {**os.environ, "FASTCLEANUP_PURE_PYTHON": "1" if path == "pure" else ""}
-    proc = subprocess.run(
-        [sys.executable, "-c", CLEANER_BURST, path, str(root)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["1500", "1500", "1"]
+    out = run_python(["-c", CLEANER_BURST, path, str(root)], env)
+    assert out.split() == ["1500", "1500", "1"]
 
 
 @pytest.mark.parametrize("compiler", ["missing", "present"])
@@ -482,24 +474,7 @@ def test_the_build_never_fails_for_want_of_a_compiler(compiler: str, tmp_path: P
     env = {**os.environ}
     if compiler == "missing":
         env.update(CC="/bin/false", LDSHARED="/bin/false")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "setup.py",
-            "-q",
-            "build_ext",
-            "--build-lib",
-            str(tmp_path / "lib"),
-            "--build-temp",
-            str(tmp_path / "tmp"),
-        ],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
+    build = ["build_ext", "--build-lib", str(tmp_path / "lib"), "--build-temp", str(tmp_path / "t")]
+    run_python(["setup.py", "-q", *build], env, cwd=root)
     built = list((tmp_path / "lib").rglob("_cbulk*.so"))
-    assert (len(built) == 1) is (compiler == "present"), (built, proc.stderr[-2000:])
+    assert (len(built) == 1) is (compiler == "present"), built
