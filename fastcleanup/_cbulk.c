@@ -5,13 +5,18 @@
  * the names of a chunk are converted under the GIL, then the whole chunk is
  * unlinked without it.
  */
+#define _GNU_SOURCE /* memmem */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Entries per GIL release: long enough that the hand-over cost (a few µs)
@@ -320,6 +325,792 @@ done:
     return result;
 }
 
+/* ---- Job and Pool: file jobs that run with no GIL at all ------------------
+ *
+ * unlinkat_many() still needs the GIL to be called, to pick up the next
+ * job and to report back; while the loop thread runs Python, a thread that
+ * waits for the GIL can wait tens of milliseconds (every release of the
+ * GIL by the loop thread around its poll resets the waiter's forced-switch
+ * timer). A Job is converted on the loop thread, which holds the GIL
+ * anyway; a Pool's threads take jobs from a C queue, run them without the
+ * GIL, and report through an eventfd that the loop watches. */
+
+#define FALLBACK 1   /* confined(): this entry needs the Python resolver */
+#define GONE_FD (-2) /* cached parent that does not exist: its files are gone */
+#define SLOTS 256    /* parent cache slots per job (a power of two) */
+#define MAX_OPEN 128 /* parent descriptors held at once by one job */
+#define DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+
+typedef struct JobObject {
+    PyObject_HEAD
+    Py_ssize_t count;
+    const char **paths;  /* per entry; points into names[k] or holders[k] */
+    PyObject **holders;  /* converted bytes per entry, or NULL */
+    int *code;           /* PENDING, then 0 or an errno once done passes it */
+    PyObject *names;     /* snapshot list: keeps every str alive */
+    Py_ssize_t nroots;
+    const char **roots;  /* resolved roots, no trailing slash except "/" itself */
+    size_t *root_len;
+    int *root_fd;        /* per run: -1 not opened, -2 failed */
+    PyObject *root_holder;
+    int64_t done;        /* atomic: entries finished */
+    int stop;            /* atomic: nonzero stops before the next entry */
+    int started;         /* atomic: taken by run() or a pool thread */
+    int finished;        /* atomic, and under mu */
+    int queued;          /* put in a pool (touched with the GIL only) */
+    Py_ssize_t fallback_at;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct JobObject *next;
+} JobObject;
+
+typedef struct {
+    const char *parent; /* a prefix of one entry's path */
+    size_t len;
+    int fd;             /* open descriptor or GONE_FD; -1 marks a free slot */
+} slot_t;
+
+static PyTypeObject Job_Type;
+
+static uint64_t
+hash_bytes(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) {
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    }
+    return h;
+}
+
+/* Open parent p[0:plen] below its root by descriptor, one O_NOFOLLOW
+ * component at a time; GONE_FD if a component is missing, -FALLBACK if
+ * the Python resolver must decide (no root matches lexically, a symlink or
+ * a non-directory on the way, any other error). */
+static int
+open_parent(JobObject *job, const char *p, size_t plen)
+{
+    const char *rest = NULL;
+    size_t restlen = 0;
+    Py_ssize_t r;
+    for (r = 0; r < job->nroots; r++) {
+        const char *root = job->roots[r];
+        size_t rl = job->root_len[r];
+        if (rl == 1 && root[0] == '/') {
+            rest = p + 1;
+            restlen = plen - 1;
+            break;
+        }
+        if (plen >= rl && memcmp(p, root, rl) == 0 && (plen == rl || p[rl] == '/')) {
+            rest = plen == rl ? p + plen : p + rl + 1;
+            restlen = plen == rl ? 0 : plen - rl - 1;
+            break;
+        }
+    }
+    if (r == job->nroots) {
+        return -FALLBACK;
+    }
+    if (job->root_fd[r] == -1) {
+        job->root_fd[r] = open(job->roots[r], DIR_FLAGS);
+        if (job->root_fd[r] < 0) {
+            job->root_fd[r] = -2;
+        }
+    }
+    int top = job->root_fd[r];
+    if (top < 0) {
+        return -FALLBACK;
+    }
+    if (restlen == 0) {
+        int fd = dup(top);
+        return fd < 0 ? -FALLBACK : fd;
+    }
+    char buf[4096];
+    if (restlen >= sizeof(buf)) {
+        return -FALLBACK;
+    }
+    memcpy(buf, rest, restlen);
+    buf[restlen] = '\0';
+    int cur = top;
+    char *part = buf;
+    for (;;) {
+        char *slash = strchr(part, '/');
+        if (slash != NULL) {
+            *slash = '\0';
+        }
+        int fd = openat(cur, part, DIR_FLAGS);
+        int err = errno;
+        if (cur != top) {
+            close(cur);
+        }
+        if (fd < 0) {
+            return err == ENOENT ? GONE_FD : -FALLBACK;
+        }
+        cur = fd;
+        if (slash == NULL) {
+            return cur;
+        }
+        part = slash + 1;
+    }
+}
+
+static void
+close_slots(slot_t *table, int *open_count)
+{
+    for (int i = 0; i < SLOTS; i++) {
+        if (table[i].fd >= 0) {
+            close(table[i].fd);
+        }
+        table[i].fd = -1;
+        table[i].parent = NULL;
+    }
+    *open_count = 0;
+}
+
+/* One entry under the roots: 0 when done (code[k] set), FALLBACK when the
+ * Python resolver must take it from here. The checks match
+ * Roots._lexical and split(): anything else falls back. */
+static int
+confined(JobObject *job, Py_ssize_t k, slot_t *table, int *open_count)
+{
+    const char *p = job->paths[k];
+    const char *slash = strrchr(p, '/');
+    if (p[0] != '/' || slash == NULL) {
+        return FALLBACK;
+    }
+    const char *name = slash + 1;
+    if (name[0] == '\0' || strcmp(name, ".") == 0 || strcmp(name, "..") == 0) {
+        return FALLBACK;
+    }
+    size_t plen = slash == p ? 1 : (size_t)(slash - p);
+    if (memmem(p, plen, "/.", 2) != NULL || memmem(p, plen, "//", 2) != NULL) {
+        return FALLBACK;
+    }
+    uint64_t h = hash_bytes(p, plen);
+    size_t i = (size_t)h & (SLOTS - 1);
+    while (table[i].parent != NULL &&
+           !(table[i].len == plen && memcmp(table[i].parent, p, plen) == 0)) {
+        i = (i + 1) & (SLOTS - 1);
+    }
+    int fd;
+    if (table[i].parent != NULL) {
+        fd = table[i].fd;
+    }
+    else {
+        fd = open_parent(job, p, plen);
+        if (fd == -FALLBACK) {
+            return FALLBACK;
+        }
+        if (*open_count >= MAX_OPEN) {
+            close_slots(table, open_count);
+            i = (size_t)h & (SLOTS - 1);
+        }
+        table[i].parent = p;
+        table[i].len = plen;
+        table[i].fd = fd;
+        *open_count += 1;
+    }
+    if (fd != GONE_FD && unlinkat(fd, name, 0) != 0 && errno != ENOENT) {
+        job->code[k] = errno;
+    }
+    else {
+        job->code[k] = 0;
+    }
+    return 0;
+}
+
+/* The whole job, without the GIL. */
+static void
+run_entries(JobObject *job)
+{
+    slot_t table[SLOTS];
+    int open_count = 0;
+    for (int i = 0; i < SLOTS; i++) {
+        table[i].fd = -1;
+        table[i].parent = NULL;
+    }
+    for (Py_ssize_t r = 0; r < job->nroots; r++) {
+        job->root_fd[r] = -1;
+    }
+    for (Py_ssize_t k = 0; k < job->count; k++) {
+        if (__atomic_load_n(&job->stop, __ATOMIC_ACQUIRE) != 0) {
+            break;
+        }
+        if (job->code[k] == PENDING) {
+            if (job->nroots == 0) {
+                job->code[k] =
+                    unlinkat(AT_FDCWD, job->paths[k], 0) != 0 && errno != ENOENT ? errno : 0;
+            }
+            else if (confined(job, k, table, &open_count) == FALLBACK) {
+                job->fallback_at = k;
+                break;
+            }
+        }
+        __atomic_store_n(&job->done, (int64_t)(k + 1), __ATOMIC_RELEASE);
+    }
+    close_slots(table, &open_count);
+    for (Py_ssize_t r = 0; r < job->nroots; r++) {
+        if (job->root_fd[r] >= 0) {
+            close(job->root_fd[r]);
+        }
+    }
+}
+
+static void
+finish(JobObject *job)
+{
+    pthread_mutex_lock(&job->mu);
+    __atomic_store_n(&job->finished, 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&job->cv);
+    pthread_mutex_unlock(&job->mu);
+}
+
+static PyObject *
+Job_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"names", "roots", NULL};
+    PyObject *names, *roots = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:Job", kwlist, &names, &roots)) {
+        return NULL;
+    }
+    if (!PyList_Check(names) && !PyTuple_Check(names)) {
+        return PyErr_Format(PyExc_TypeError, "names must be a list or tuple, not %.100s",
+                            Py_TYPE(names)->tp_name);
+    }
+    if (roots != Py_None && !PyTuple_Check(roots)) {
+        return PyErr_Format(PyExc_TypeError, "roots must be None or a tuple, not %.100s",
+                            Py_TYPE(roots)->tp_name);
+    }
+    JobObject *job = (JobObject *)type->tp_alloc(type, 0);
+    if (job == NULL) {
+        return NULL;
+    }
+    pthread_mutex_init(&job->mu, NULL);
+    pthread_cond_init(&job->cv, NULL);
+    job->fallback_at = -1;
+    job->names = PySequence_List(names);
+    if (job->names == NULL) {
+        goto error;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(job->names);
+    job->count = n;
+    job->paths = PyMem_Calloc((size_t)(n ? n : 1), sizeof(char *));
+    job->holders = PyMem_Calloc((size_t)(n ? n : 1), sizeof(PyObject *));
+    job->code = PyMem_Calloc((size_t)(n ? n : 1), sizeof(int));
+    if (job->paths == NULL || job->holders == NULL || job->code == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        job->code[k] =
+            convert(PyList_GET_ITEM(job->names, k), &job->paths[k], &job->holders[k]);
+    }
+    if (roots != Py_None) {
+        Py_ssize_t nr = PyTuple_GET_SIZE(roots);
+        job->root_holder = PyTuple_New(nr);
+        job->roots = PyMem_Calloc((size_t)(nr ? nr : 1), sizeof(char *));
+        job->root_len = PyMem_Calloc((size_t)(nr ? nr : 1), sizeof(size_t));
+        job->root_fd = PyMem_Calloc((size_t)(nr ? nr : 1), sizeof(int));
+        if (job->root_holder == NULL || job->roots == NULL || job->root_len == NULL ||
+            job->root_fd == NULL) {
+            if (!PyErr_Occurred()) {
+                PyErr_NoMemory();
+            }
+            goto error;
+        }
+        for (Py_ssize_t r = 0; r < nr; r++) {
+            PyObject *bytes = NULL;
+            if (!PyUnicode_FSConverter(PyTuple_GET_ITEM(roots, r), &bytes)) {
+                goto error;
+            }
+            PyTuple_SET_ITEM(job->root_holder, r, bytes);
+            const char *root = PyBytes_AS_STRING(bytes);
+            size_t len = (size_t)PyBytes_GET_SIZE(bytes);
+            if (len == 0 || root[0] != '/' || strlen(root) != len ||
+                (len > 1 && root[len - 1] == '/')) {
+                PyErr_Format(PyExc_ValueError,
+                             "roots[%zd] must be an absolute, resolved directory: %R", r,
+                             PyTuple_GET_ITEM(roots, r));
+                goto error;
+            }
+            job->roots[r] = root;
+            job->root_len[r] = len;
+        }
+        job->nroots = nr;
+        if (nr == 0) {
+            PyErr_SetString(PyExc_ValueError, "roots is empty: pass None for no confinement");
+            goto error;
+        }
+    }
+    return (PyObject *)job;
+error:
+    Py_DECREF(job);
+    return NULL;
+}
+
+static void
+Job_dealloc(JobObject *job)
+{
+    if (job->holders != NULL) {
+        for (Py_ssize_t k = 0; k < job->count; k++) {
+            Py_XDECREF(job->holders[k]);
+        }
+    }
+    PyMem_Free(job->paths);
+    PyMem_Free(job->holders);
+    PyMem_Free(job->code);
+    PyMem_Free(job->roots);
+    PyMem_Free(job->root_len);
+    PyMem_Free(job->root_fd);
+    Py_XDECREF(job->root_holder);
+    Py_XDECREF(job->names);
+    pthread_mutex_destroy(&job->mu);
+    pthread_cond_destroy(&job->cv);
+    Py_TYPE(job)->tp_free((PyObject *)job);
+}
+
+static int
+claim(JobObject *job)
+{
+    int expected = 0;
+    return __atomic_compare_exchange_n(&job->started, &expected, 1, 0, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_ACQUIRE);
+}
+
+static PyObject *
+Job_run(JobObject *job, PyObject *Py_UNUSED(ignored))
+{
+    if (job->queued || !claim(job)) {
+        PyErr_SetString(PyExc_RuntimeError, "this job has already been started");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    run_entries(job);
+    finish(job);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Job_wait(JobObject *job, PyObject *args)
+{
+    PyObject *timeout = Py_None;
+    if (!PyArg_ParseTuple(args, "|O:wait", &timeout)) {
+        return NULL;
+    }
+    double seconds = -1.0;
+    if (timeout != Py_None) {
+        seconds = PyFloat_AsDouble(timeout);
+        if (seconds == -1.0 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (!(seconds >= 0.0)) {
+            seconds = 0.0;
+        }
+    }
+    int finished;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&job->mu);
+    if (seconds < 0.0) {
+        while (!job->finished) {
+            pthread_cond_wait(&job->cv, &job->mu);
+        }
+    }
+    else if (!job->finished) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        double whole = seconds > 1e9 ? 1e9 : seconds;
+        until.tv_sec += (time_t)whole;
+        until.tv_nsec += (long)((whole - (double)(time_t)whole) * 1e9);
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec += 1;
+            until.tv_nsec -= 1000000000L;
+        }
+        while (!job->finished) {
+            if (pthread_cond_timedwait(&job->cv, &job->mu, &until) == ETIMEDOUT) {
+                break;
+            }
+        }
+    }
+    finished = job->finished;
+    pthread_mutex_unlock(&job->mu);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(finished);
+}
+
+static PyObject *
+Job_failures(JobObject *job, PyObject *Py_UNUSED(ignored))
+{
+    int64_t done = __atomic_load_n(&job->done, __ATOMIC_ACQUIRE);
+    PyObject *out = PyList_New(0);
+    for (Py_ssize_t k = 0; out != NULL && k < (Py_ssize_t)done; k++) {
+        if (job->code[k] > 0) {
+            PyObject *pair = Py_BuildValue("(ni)", k, job->code[k]);
+            if (pair == NULL || PyList_Append(out, pair) < 0) {
+                Py_CLEAR(out);
+            }
+            Py_XDECREF(pair);
+        }
+    }
+    return out;
+}
+
+static Py_ssize_t
+Job_len(JobObject *job)
+{
+    return job->count;
+}
+
+static PyObject *
+Job_get_done(JobObject *job, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLongLong(__atomic_load_n(&job->done, __ATOMIC_ACQUIRE));
+}
+
+static PyObject *
+Job_get_stop(JobObject *job, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(__atomic_load_n(&job->stop, __ATOMIC_ACQUIRE));
+}
+
+static int
+Job_set_stop(JobObject *job, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "stop cannot be deleted");
+        return -1;
+    }
+    int truth = PyObject_IsTrue(value);
+    if (truth < 0) {
+        return -1;
+    }
+    __atomic_store_n(&job->stop, truth, __ATOMIC_RELEASE);
+    return 0;
+}
+
+static PyObject *
+Job_get_running(JobObject *job, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(__atomic_load_n(&job->started, __ATOMIC_ACQUIRE) &&
+                           !__atomic_load_n(&job->finished, __ATOMIC_ACQUIRE));
+}
+
+static PyObject *
+Job_get_finished(JobObject *job, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(__atomic_load_n(&job->finished, __ATOMIC_ACQUIRE));
+}
+
+static PyObject *
+Job_get_fallback_at(JobObject *job, void *Py_UNUSED(closure))
+{
+    if (!__atomic_load_n(&job->finished, __ATOMIC_ACQUIRE)) {
+        return PyLong_FromLong(-1);
+    }
+    return PyLong_FromSsize_t(job->fallback_at);
+}
+
+static PyGetSetDef Job_getset[] = {
+    {"done", (getter)Job_get_done, NULL, "entries finished: index + 1 of the last one", NULL},
+    {"stop", (getter)Job_get_stop, (setter)Job_set_stop,
+     "set to stop the job before its next entry", NULL},
+    {"running", (getter)Job_get_running, NULL, "started and not yet finished", NULL},
+    {"finished", (getter)Job_get_finished, NULL, "the job has ended", NULL},
+    {"fallback_at", (getter)Job_get_fallback_at, NULL,
+     "the entry the job stopped at because only the Python resolver can decide it, "
+     "or -1",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef Job_methods[] = {
+    {"run", (PyCFunction)Job_run, METH_NOARGS,
+     "run() -> None\n\nRun the job in this thread, without the GIL."},
+    {"wait", (PyCFunction)Job_wait, METH_VARARGS,
+     "wait(timeout=None) -> bool\n\nWait for the job to end; True once it has."},
+    {"failures", (PyCFunction)Job_failures, METH_NOARGS,
+     "failures() -> list[tuple[int, int]]\n\n(index, errno) of the finished entries that "
+     "failed."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods Job_as_sequence = {
+    .sq_length = (lenfunc)Job_len,
+};
+
+PyDoc_STRVAR(Job_doc,
+"Job(names, roots=None)\n"
+"\n"
+"A list of paths to unlink, converted now (with the GIL) and run later by\n"
+"run() or a Pool thread, without it. A name already gone is a success; an\n"
+"item that is no path fails with EINVAL. With roots (a tuple of resolved,\n"
+"absolute directories), each plainly spelled absolute parent under a root\n"
+"is opened once per job from the root's descriptor, one O_NOFOLLOW\n"
+"component at a time, and its files are unlinked by descriptor; a parent\n"
+"that is missing means its files are gone. Any other entry (relative, with\n"
+"'.' or '//', outside every root lexically, a symlink or an error on the\n"
+"way) ends the job: fallback_at names it and done stops before it, for the\n"
+"Python resolver to take over.");
+
+static PyTypeObject Job_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "fastcleanup._cbulk.Job",
+    .tp_basicsize = sizeof(JobObject),
+    .tp_dealloc = (destructor)Job_dealloc,
+    .tp_as_sequence = &Job_as_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = Job_doc,
+    .tp_methods = Job_methods,
+    .tp_getset = Job_getset,
+    .tp_new = Job_new,
+};
+
+/* The pool's shared state outlives the Pool object while a thread serves:
+ * at interpreter exit a daemon thread may still be waiting on it. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    JobObject *head, *tail;   /* queued, each holding a reference */
+    JobObject *done_head, *done_tail;
+    int efd;
+    int closed;               /* atomic */
+    int refs;                 /* atomic: the Pool object and each serving thread */
+    pid_t pid;
+} pool_t;
+
+typedef struct {
+    PyObject_HEAD
+    pool_t *p;
+} PoolObject;
+
+static void
+pool_unref(pool_t *p)
+{
+    if (__atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        close(p->efd);
+        pthread_mutex_destroy(&p->mu);
+        pthread_cond_destroy(&p->cv);
+        free(p);
+    }
+}
+
+static PyObject *
+Pool_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, ":Pool", kwlist)) {
+        return NULL;
+    }
+    pool_t *p = calloc(1, sizeof(pool_t));
+    if (p == NULL) {
+        return PyErr_NoMemory();
+    }
+    p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (p->efd < 0) {
+        free(p);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    p->refs = 1;
+    p->pid = getpid();
+    PoolObject *self = (PoolObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        pool_unref(p);
+        return NULL;
+    }
+    self->p = p;
+    return (PyObject *)self;
+}
+
+static void
+pool_close(pool_t *p)
+{
+    pthread_mutex_lock(&p->mu);
+    __atomic_store_n(&p->closed, 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void
+Pool_dealloc(PoolObject *self)
+{
+    pool_t *p = self->p;
+    if (p != NULL && p->pid == getpid()) {
+        pool_close(p);
+        /* Jobs no thread will run, or that no one collected. */
+        pthread_mutex_lock(&p->mu);
+        JobObject *done = p->done_head;
+        p->done_head = p->done_tail = NULL;
+        JobObject *queued = __atomic_load_n(&p->refs, __ATOMIC_ACQUIRE) == 1 ? p->head : NULL;
+        if (queued != NULL) {
+            p->head = p->tail = NULL;
+        }
+        pthread_mutex_unlock(&p->mu);
+        for (JobObject *lists[2] = {done, queued}, **l = lists; l < lists + 2; l++) {
+            while (*l != NULL) {
+                JobObject *next = (*l)->next;
+                Py_DECREF(*l);
+                *l = next;
+            }
+        }
+        pool_unref(p);
+    }
+    /* In a forked child the parent's threads are gone and its lock may be
+     * held forever: leave the state alone. */
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+Pool_put(PoolObject *self, PyObject *arg)
+{
+    if (!PyObject_TypeCheck(arg, &Job_Type)) {
+        return PyErr_Format(PyExc_TypeError, "put() takes a Job, not %.100s",
+                            Py_TYPE(arg)->tp_name);
+    }
+    JobObject *job = (JobObject *)arg;
+    pool_t *p = self->p;
+    if (job->queued || __atomic_load_n(&job->started, __ATOMIC_ACQUIRE)) {
+        PyErr_SetString(PyExc_RuntimeError, "this job has already been started");
+        return NULL;
+    }
+    if (__atomic_load_n(&p->closed, __ATOMIC_ACQUIRE)) {
+        PyErr_SetString(PyExc_RuntimeError, "the pool is closed");
+        return NULL;
+    }
+    Py_INCREF(job);
+    job->queued = 1;
+    job->next = NULL;
+    pthread_mutex_lock(&p->mu);
+    if (p->tail != NULL) {
+        p->tail->next = job;
+    }
+    else {
+        p->head = job;
+    }
+    p->tail = job;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Pool_serve(PoolObject *self, PyObject *Py_UNUSED(ignored))
+{
+    pool_t *p = self->p;
+    __atomic_add_fetch(&p->refs, 1, __ATOMIC_ACQ_REL);
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        while (p->head == NULL && !__atomic_load_n(&p->closed, __ATOMIC_ACQUIRE)) {
+            pthread_cond_wait(&p->cv, &p->mu);
+        }
+        JobObject *job = p->head;
+        if (job == NULL) {
+            pthread_mutex_unlock(&p->mu);
+            break; /* closed, and nothing left to run */
+        }
+        p->head = job->next;
+        if (p->head == NULL) {
+            p->tail = NULL;
+        }
+        pthread_mutex_unlock(&p->mu);
+
+        if (claim(job)) {
+            run_entries(job);
+        }
+        finish(job);
+        /* The pool's reference travels on with the job: completed() hands
+         * it to the caller. Nothing here touches the job afterwards. */
+        pthread_mutex_lock(&p->mu);
+        job->next = NULL;
+        if (p->done_tail != NULL) {
+            p->done_tail->next = job;
+        }
+        else {
+            p->done_head = job;
+        }
+        p->done_tail = job;
+        pthread_mutex_unlock(&p->mu);
+        uint64_t one = 1;
+        ssize_t wrote = write(p->efd, &one, sizeof(one));
+        (void)wrote; /* a full counter (EAGAIN) is readable already */
+    }
+    pool_unref(p);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Pool_completed(PoolObject *self, PyObject *Py_UNUSED(ignored))
+{
+    pool_t *p = self->p;
+    uint64_t value;
+    ssize_t got = read(p->efd, &value, sizeof(value));
+    (void)got; /* EAGAIN: nothing was signalled, the list may still hold jobs */
+    pthread_mutex_lock(&p->mu);
+    JobObject *job = p->done_head;
+    p->done_head = p->done_tail = NULL;
+    pthread_mutex_unlock(&p->mu);
+    PyObject *out = PyList_New(0);
+    while (job != NULL) {
+        JobObject *next = job->next;
+        job->next = NULL;
+        job->queued = 0;
+        if (out != NULL && PyList_Append(out, (PyObject *)job) < 0) {
+            Py_CLEAR(out);
+        }
+        Py_DECREF(job); /* the pool's reference; the list holds its own */
+        job = next;
+    }
+    return out;
+}
+
+static PyObject *
+Pool_close(PoolObject *self, PyObject *Py_UNUSED(ignored))
+{
+    pool_close(self->p);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Pool_fileno(PoolObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(self->p->efd);
+}
+
+static PyMethodDef Pool_methods[] = {
+    {"put", (PyCFunction)Pool_put, METH_O, "put(job) -> None\n\nQueue a Job for a thread."},
+    {"serve", (PyCFunction)Pool_serve, METH_NOARGS,
+     "serve() -> None\n\nRun queued jobs without the GIL until close(); the body of a "
+     "pool thread."},
+    {"completed", (PyCFunction)Pool_completed, METH_NOARGS,
+     "completed() -> list[Job]\n\nThe jobs that ended since the last call, in order; "
+     "resets fileno()."},
+    {"close", (PyCFunction)Pool_close, METH_NOARGS,
+     "close() -> None\n\nLet serve() return once the queued jobs have run."},
+    {"fileno", (PyCFunction)Pool_fileno, METH_NOARGS,
+     "fileno() -> int\n\nAn eventfd, readable once a job has ended."},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(Pool_doc,
+"Pool()\n"
+"\n"
+"A queue of Jobs for threads that call serve(): they run each job without\n"
+"the GIL and make fileno() readable when one ends, for the event loop to\n"
+"collect with completed(). Taking a job and reporting it need no GIL\n"
+"either, so the threads keep unlinking while the loop thread runs Python.");
+
+static PyTypeObject Pool_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "fastcleanup._cbulk.Pool",
+    .tp_basicsize = sizeof(PoolObject),
+    .tp_dealloc = (destructor)Pool_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = Pool_doc,
+    .tp_methods = Pool_methods,
+    .tp_new = Pool_new,
+};
+
 PyDoc_STRVAR(untrack_doc,
 "untrack(obj) -> None\n"
 "\n"
@@ -346,11 +1137,21 @@ static PyMethodDef cbulk_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static int
+cbulk_exec(PyObject *module)
+{
+    if (PyType_Ready(&Job_Type) < 0 || PyType_Ready(&Pool_Type) < 0) {
+        return -1;
+    }
+    if (PyModule_AddObjectRef(module, "Job", (PyObject *)&Job_Type) < 0 ||
+        PyModule_AddObjectRef(module, "Pool", (PyObject *)&Pool_Type) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
 static PyModuleDef_Slot cbulk_slots[] = {
-#if PY_VERSION_HEX >= 0x030C0000
-    /* No module state and no static Python objects. */
-    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
-#endif
+    {Py_mod_exec, cbulk_exec},
     {0, NULL},
 };
 
