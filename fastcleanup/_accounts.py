@@ -15,7 +15,7 @@ from collections import deque
 
 from ._batch import DONE, Batch, InProgress, Requeued
 from ._intake import Intake
-from ._paths import Refused, Roots, UnlinkJob
+from ._paths import FileJob, Refused, Roots
 
 __all__ = ["Accounts", "logger", "safe_repr"]
 
@@ -58,7 +58,7 @@ class Accounts(Intake):
             )
         tally.latency.observe(time.monotonic() - batch.seen_at)
 
-    def _account(self, batch: Batch, job: UnlinkJob, n: int) -> None:
+    def _account(self, batch: Batch, job: FileJob, n: int) -> None:
         """Count the first ``n`` files of ``job`` as finished (completed or failed)."""
         tally = self._tally
         errors = [err for k, err in job.errors if k < n]
@@ -93,9 +93,9 @@ class Accounts(Intake):
             # hung storage gets a tenth of a second), then count what the job
             # did rather than run it again.
             if job.running:
-                job.finished.wait(0.1)
+                job.wait(0.1)
             self._account(batch, job, job.done)
-            if job.running and not job.finished.is_set() and job.done < len(job.paths):
+            if job.running and not job.wait(0) and job.done < len(job.paths):
                 # Still inside that unlink: running it again would be a second
                 # run. The job's thread decides its outcome (see InProgress).
                 slot = batch.files[batch.files_done]

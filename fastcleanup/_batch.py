@@ -13,7 +13,7 @@ from collections.abc import Collection
 from operator import attrgetter
 from typing import Any, Final
 
-from ._paths import Roots, UnlinkJob
+from ._paths import FileJob, Roots, UnlinkJob
 from ._tasks import KINDS, RemoveFile, RemoveTree, current_executor
 
 __all__ = ["DONE", "SYNC_AT_EXIT", "Batch", "InProgress", "Requeued", "classify", "path_of"]
@@ -40,7 +40,7 @@ class Batch:
         self.expired = False  # the batch deadline passed: cancelled children count as timeouts
         self.abandoned = False  # its tasks were taken back; the worker must not count them
         self.counted = False  # its tasks are in submitted_total{task}
-        self.job: UnlinkJob | None = None
+        self.job: FileJob | None = None
         self.worker: asyncio.Task[None] | None = None
         self.files: list[int] = []  # slots of the RemoveFile tasks, removed in this order
         self.files_done = 0  # files[:files_done] are finished (their slots are not marked)
@@ -71,7 +71,7 @@ class InProgress:
     kind = "remove_file"
 
     def __init__(
-        self, task: Any, job: UnlinkJob, index: int, roots: Roots | None, timeout: float
+        self, task: Any, job: FileJob, index: int, roots: Roots | None, timeout: float
     ) -> None:
         self.task, self.job, self.index, self.roots = task, job, index, roots
         self.timeout = timeout  # never hold one of the cleaner's threads longer
@@ -82,7 +82,7 @@ class InProgress:
 
     def settle(self, timeout: float | None) -> None:
         """Wait for the old job (up to ``timeout``); raise the file's error, if any."""
-        self.job.finished.wait(timeout)
+        self.job.wait(timeout)
         if self.job.done > self.index:
             for k, err in self.job.errors:
                 if k == self.index:

@@ -25,9 +25,11 @@ from . import _export, _lifecycle
 from ._executor import DaemonExecutor
 from ._handback import Handback
 from ._intake import IDLE, PUT, State, submitter
+from ._lane import FileLane
 from ._paths import Roots
 from ._tally import Stats, Tally
 from ._tasks import CleanupTask
+from ._unlink import COMPILED
 
 __all__ = ["Cleaner"]
 
@@ -48,7 +50,7 @@ class Cleaner(Handback):
     """
 
     __slots__ = (
-        "__weakref__", "_batch_size", "_executor", "_exit_timeout", "_io_threads",
+        "__weakref__", "_batch_size", "_executor", "_exit_timeout", "_io_threads", "_lane",
         "_max_batches", "_name", "_refill_at", "_roots", "_task_timeout", "submit",
     )  # fmt: skip
 
@@ -80,6 +82,7 @@ class Cleaner(Handback):
         self._roots = None if allowed_roots is None else Roots(allowed_roots)
         self._name = name or f"cleaner-{_lifecycle.next_id()}"
         self._executor: DaemonExecutor | None = None
+        self._lane: FileLane | None = None
         self._reset()
         _lifecycle.track(self)
         if registry is not None:
@@ -112,6 +115,7 @@ class Cleaner(Handback):
         self._seq = 0
         self.in_flight = 0
         self._executor = None  # a forked child has none of the parent's threads
+        self._lane = None
 
     def __repr__(self) -> str:
         return (
@@ -152,6 +156,8 @@ class Cleaner(Handback):
         self._adopt(loop)
         if self._executor is None:
             self._executor = DaemonExecutor(self._io_threads, name=f"fastcleanup-{self._name}")
+        if self._lane is None and COMPILED:
+            self._lane = FileLane(self._io_threads, name=f"fastcleanup-{self._name}")
         self._loop = loop
         self._state = State.RUNNING
         self._hot[IDLE] = False
@@ -201,6 +207,9 @@ class Cleaner(Handback):
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
+        if self._lane is not None:
+            self._lane.close()
+            self._lane = None
         if not self._queue:
             _lifecycle.release(self)
         return drained

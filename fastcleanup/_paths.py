@@ -11,7 +11,7 @@ import os
 import threading
 from array import array
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from ._tasks import remove_tree_sync
 from ._unlink import SKIP, pure_unlinkat_many, unlinkat_many, use_compiled
@@ -54,6 +54,11 @@ class Roots:
 
     def __repr__(self) -> str:
         return f"Roots({list(self._roots)!r})"
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The resolved roots."""
+        return self._roots
 
     def check(self, path: str | bytes) -> None:
         """Raise ``Refused`` unless ``path`` lies inside a root."""
@@ -156,14 +161,37 @@ def remove_tree_confined(path: str | bytes, roots: Roots | None) -> None:
         os.close(fd)
 
 
+class FileJob(Protocol):
+    """What the loop sees of a file job: ``UnlinkJob``, or its compiled twin ``LaneJob``."""
+
+    paths: list[str | bytes]
+    hung_at: int  # set by the loop's watchdog: the file it timed out
+    watchdog: asyncio.TimerHandle | None
+
+    @property
+    def done(self) -> int: ...  # paths finished, in order
+    @property
+    def stop(self) -> bool: ...  # set: end before the next path
+    @stop.setter
+    def stop(self, value: bool) -> None: ...
+    @property
+    def running(self) -> bool: ...  # a thread has started it
+    @property
+    def errors(self) -> list[tuple[int, OSError]]: ...  # (index, error), among the done
+    @property
+    def fallback_at(self) -> int: ...  # where the Python resolver must take over, or -1
+    def wait(self, timeout: float | None) -> bool: ...
+
+
 class UnlinkJob:
     """Unlink many paths in one executor job: one hop per batch, not per file.
 
     ``done`` counts the paths finished (the loop's watchdog reads it as
     progress), ``errors`` lists ``(index, error)`` for those that failed; a
     path already gone is a success. Setting ``stop`` ends the job before its
-    next path. When the job ends it resolves ``fut`` on ``loop`` with False
-    (not hung).
+    next path; ``wait(timeout)`` waits for its end. When the job ends it
+    resolves ``fut`` on ``loop`` with False (not hung). ``_lane.LaneJob`` is
+    its compiled twin, with the same interface.
 
     Both counters live in one ``array`` that the compiled bulk unlink reads
     and writes with the GIL released (see ``_unlink``). Under ``roots``
@@ -207,6 +235,12 @@ class UnlinkJob:
     def stop(self, value: bool) -> None:
         self.state[1] = int(value)
 
+    fallback_at = -1  # the compiled twin's hand-over point; this job decides every path
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds for the job to end; True once it has."""
+        return self.finished.wait(timeout)
+
     def __call__(self) -> None:
         self.running = True
         try:
@@ -218,14 +252,14 @@ class UnlinkJob:
             self.finished.set()
             if self.loop is not None:
                 try:
-                    self.loop.call_soon_threadsafe(_resolve, self.fut, False)
+                    self.loop.call_soon_threadsafe(resolve, self.fut, False)
                 except RuntimeError:
                     pass  # the loop is closed: the next init_worker() takes the batch back
 
     def _unlink(self, fds: int | list[int] | None, names: list[Any], start: int, stop: int) -> None:
         run = unlinkat_many if use_compiled() else pure_unlinkat_many
         for k, err in run(fds, names, self.state, start, stop):
-            self.errors.append((k, OSError(err, os.strerror(err), _shown(self.paths[k]))))
+            self.errors.append((k, failure(err, self.paths[k])))
 
     def _confined(self, roots: Roots) -> None:
         """Unlink relative to each parent's descriptor, opened once per job.
@@ -273,6 +307,11 @@ _CHUNK = 256  # paths resolved before each call of the bulk unlink
 _MAX_OPEN = 128  # parent descriptors kept open from one chunk to the next
 
 
+def failure(err: int, path: object) -> OSError:
+    """The error of a path whose unlink failed with ``err``."""
+    return OSError(err, os.strerror(err), _shown(path))
+
+
 def _first(item: tuple[int, OSError]) -> int:
     return item[0]
 
@@ -312,6 +351,6 @@ def _close_all(opened: dict[str, int | OSError]) -> None:
     opened.clear()
 
 
-def _resolve(fut: asyncio.Future[bool] | None, hung: bool) -> None:
+def resolve(fut: asyncio.Future[bool] | None, hung: bool) -> None:
     if fut is not None and not fut.done():
         fut.set_result(hung)

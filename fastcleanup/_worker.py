@@ -3,9 +3,9 @@
 One worker per batch, in an ``asyncio.TaskGroup``. Each child catches its
 own failure, so one cleanup that raises never cancels its siblings; one
 deadline timer per batch bounds them all. The batch's plain file removals
-skip the TaskGroup: they go to one job on the cleaner's own threads, which
-reports back once per job, with a timeout per file watched through the
-job's progress count.
+skip the TaskGroup: they go to one job on the cleaner's own threads (the
+compiled lane when built), which reports back once per job, with a timeout
+per file watched through the job's progress count.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from typing import Any
 from ._accounts import Accounts
 from ._batch import DONE, Batch, InProgress, classify, path_of
 from ._executor import DaemonExecutor
-from ._paths import Refused, UnlinkJob, remove_tree_confined
+from ._lane import FileLane, LaneJob
+from ._paths import FileJob, Refused, UnlinkJob, remove_tree_confined
 from ._tasks import INVALID, KINDS, Call, RemoveFile, RemoveTree, current_executor, kind_or_invalid
+from ._unlink import use_compiled
 
 __all__ = ["BatchWorker"]
 
@@ -30,6 +32,7 @@ class BatchWorker(Accounts):
     __slots__ = ()
 
     _executor: DaemonExecutor | None
+    _lane: FileLane | None  # the compiled file lane, when the C module is built
 
     async def _work(self, batch: Batch) -> None:
         if batch.abandoned:  # taken back before this worker got to start
@@ -142,15 +145,18 @@ class BatchWorker(Accounts):
             tally.latency.observe(time.monotonic() - batch.seen_at)
 
     async def _remove_files(self, batch: Batch) -> None:
-        """Unlink the batch's files in one executor job, with a timeout per file.
+        """Unlink the batch's files in one job, with a timeout per file.
 
-        The loop does no work per removed file, only per job: every bit of
-        Python the loop thread runs holds the GIL that the unlink threads
-        need between syscalls. A file that hangs past ``task_timeout`` is
-        counted as a timeout and the files after it go to a fresh job, so
-        one stuck path costs the others nothing but the wait.
+        The job goes to the compiled lane, whose threads need no GIL (see
+        ``_lane``), or else to the executor as an ``UnlinkJob``. The loop
+        does no work per removed file, only per job. A file that hangs past
+        ``task_timeout`` is counted as a timeout and the files after it go
+        to a fresh job, so one stuck path costs the others nothing but the
+        wait. A path only the Python resolver decides sends the rest of the
+        batch to the executor.
         """
         loop, tasks, slots = batch.loop, batch.tasks, batch.files
+        lane = self._lane if use_compiled() else None
         while batch.files_done < len(slots):
             first = batch.files_done
             fut: asyncio.Future[bool] = loop.create_future()
@@ -158,9 +164,13 @@ class BatchWorker(Accounts):
                 paths = list(map(path_of, tasks[first:]))
             else:
                 paths = [tasks[i].path for i in slots[first:]]
-            job = UnlinkJob(paths, self._roots, loop, fut)
-            batch.job = job
-            self._executor.run(job)  # type: ignore[union-attr]
+            job: FileJob
+            if lane is not None:
+                job = batch.job = LaneJob(paths, self._roots)
+                lane.start(job, fut)
+            else:
+                job = batch.job = UnlinkJob(paths, self._roots, loop, fut)
+                self._executor.run(job)  # type: ignore[union-attr]
             job.watchdog = loop.call_later(
                 self._task_timeout / 4, self._watch, job, fut, 0, time.monotonic()
             )
@@ -176,9 +186,11 @@ class BatchWorker(Accounts):
             if hung:  # the file in progress ran past the timeout: count it, go on
                 self._finish(batch, slots[batch.files_done], "remove_file", "timeout", None)
                 batch.files_done += 1
+            elif job.fallback_at >= 0:
+                lane = None  # a path only the Python resolver decides: it takes the rest
         batch.job = None
 
-    def _watch(self, job: UnlinkJob, fut: asyncio.Future[bool], done: int, since: float) -> None:
+    def _watch(self, job: FileJob, fut: asyncio.Future[bool], done: int, since: float) -> None:
         """Time out the file in progress once the job made no progress for ``task_timeout``.
 
         Progress is the job's count of finished files, checked four times per
@@ -189,7 +201,7 @@ class BatchWorker(Accounts):
         now = time.monotonic()
         if job.done != done or not job.running:  # progress, or still queued behind others
             done, since = job.done, now
-        elif done < len(job.paths) and now - since >= self._task_timeout:
+        elif done < len(job.paths) and now - since >= self._task_timeout and not job.wait(0):
             # File ``done`` is the one in progress. The thread checks ``stop``
             # before each file, so none after it starts once this is set.
             job.hung_at = done

@@ -1,0 +1,335 @@
+"""The compiled file lane: C jobs that run and report without the GIL.
+
+``_cbulk.Job`` and ``_cbulk.Pool`` directly, the lane's one property that
+matters (its threads keep unlinking while the loop thread holds the GIL),
+and a whole cleaner on the lane beside the same cleaner on the executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import select
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+import fastcleanup as fc
+from fastcleanup import _lane
+
+try:
+    from fastcleanup import _cbulk
+except ImportError:  # pragma: no cover - the extension is optional
+    _cbulk = None  # type: ignore[assignment]
+
+pytestmark = pytest.mark.skipif(_cbulk is None, reason="fastcleanup._cbulk was not built")
+
+
+def make_files(where: Path, count: int, prefix: str = "f") -> list[str | bytes]:
+    where.mkdir(parents=True, exist_ok=True)
+    files: list[str | bytes] = [str(where / f"{prefix}{k:05d}") for k in range(count)]
+    for f in files:
+        Path(os.fsdecode(f)).touch()
+    return files
+
+
+# -- Job ----------------------------------------------------------------------------------
+
+
+def test_a_job_removes_its_files_and_reports_each_failure(scratch: Path) -> None:
+    files = make_files(scratch, 5)
+    (scratch / "sub").mkdir()
+    names: list[Any] = [
+        files[0],
+        str(scratch / "never-there"),  # already gone: a success
+        str(scratch / "sub"),  # a directory: EISDIR, this entry only
+        files[1],
+        "bad\0name",  # no path: EINVAL
+        42,  # no path either
+        os.fsencode(files[2]),
+        Path(os.fsdecode(files[3])),
+        files[4],
+    ]
+    job = _cbulk.Job(names)
+    assert (len(job), job.done, job.running, job.finished) == (9, 0, False, False)
+    job.run()
+    assert (job.done, job.finished, job.running, job.fallback_at) == (9, True, False, -1)
+    assert job.failures() == [(2, errno.EISDIR), (4, errno.EINVAL), (5, errno.EINVAL)]
+    assert sorted(os.listdir(scratch)) == ["sub"]
+
+
+def test_a_confined_job_opens_parents_below_the_root(scratch: Path) -> None:
+    files = make_files(scratch / "a" / "b", 300) + make_files(scratch / "c", 300)
+    files += make_files(scratch, 3, prefix="top")  # the root itself as the parent
+    files.append(str(scratch / "gone" / "deeper" / "x"))  # a missing parent: gone already
+    job = _cbulk.Job(files, (str(scratch),))
+    job.run()
+    assert (job.done, job.fallback_at, job.failures()) == (len(files), -1, [])
+    assert sorted(os.listdir(scratch)) == ["a", "c"]
+    assert os.listdir(scratch / "a" / "b") == [] and os.listdir(scratch / "c") == []
+
+
+def test_a_confined_job_holds_at_most_128_parents_open(scratch: Path) -> None:
+    """300 parents, dealt round-robin: the parent cache is emptied and refilled."""
+    dirs = [scratch / f"d{k:03d}" for k in range(300)]
+    files = [str(d / f"f{i}") for i in range(3) for d in dirs]
+    for d in dirs:
+        d.mkdir()
+    for f in files:
+        Path(f).touch()
+    before = len(os.listdir("/proc/self/fd"))
+    job = _cbulk.Job(files, (str(scratch),))
+    job.run()
+    assert (job.done, job.failures()) == (len(files), [])
+    assert all(not os.listdir(d) for d in dirs)
+    assert len(os.listdir("/proc/self/fd")) == before  # every descriptor closed
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    where = tmp_path / "outside"
+    where.mkdir()
+    (where / "victim").touch()
+    return where
+
+
+def _undecidable(scratch: Path, outside: Path) -> Iterator[tuple[str, str]]:
+    (scratch / "real").mkdir()
+    (scratch / "real" / "victim").touch()
+    (scratch / "in-link").symlink_to(scratch / "real")
+    (scratch / "out-link").symlink_to(outside)
+    (scratch / "plain-file").touch()
+    yield "a symlink to a directory inside", str(scratch / "in-link" / "victim")
+    yield "a symlink to a directory outside", str(scratch / "out-link" / "victim")
+    yield "a '..' component", str(scratch / "real" / ".." / "real" / "victim")
+    yield "a '.' component", str(scratch) + "/./real/victim"  # (pathlib would drop it)
+    (scratch / ".hidden").mkdir()
+    (scratch / ".hidden" / "victim").touch()
+    yield "a hidden directory", str(scratch / ".hidden" / "victim")
+    yield "a doubled slash", str(scratch) + "//real/victim"
+    yield "a relative path", os.path.relpath(scratch / "real" / "victim")
+    yield "outside every root", str(outside / "victim")
+    yield "a file where a directory should be", str(scratch / "plain-file" / "victim")
+    yield "a name that is '..'", str(scratch / "real" / "..")
+
+
+def test_a_confined_job_hands_over_what_only_the_resolver_decides(
+    scratch: Path, outside: Path
+) -> None:
+    """Each such path ends the job before it is touched: the Python resolver takes over."""
+    cases = list(_undecidable(scratch, outside))
+    for k, (why, path) in enumerate(cases):
+        before, after = make_files(scratch / "ok", 2, prefix=f"{k}-")
+        job = _cbulk.Job([before, path, after], (str(scratch),))
+        job.run()
+        assert (job.done, job.fallback_at, job.failures()) == (1, 1, []), why
+        assert not os.path.exists(before), why
+        assert os.path.exists(after), why
+    assert (scratch / "real" / "victim").exists()
+    assert (scratch / ".hidden" / "victim").exists()
+    assert (outside / "victim").exists()
+
+
+def test_a_job_refuses_bad_arguments() -> None:
+    with pytest.raises(TypeError, match="list or tuple"):
+        _cbulk.Job("/tmp/x")
+    with pytest.raises(TypeError, match="roots must be None or a tuple"):
+        _cbulk.Job([], ["/tmp"])  # type: ignore[arg-type]
+    for root in ("relative", "/tmp/", ""):
+        with pytest.raises(ValueError, match="absolute, resolved directory"):
+            _cbulk.Job([], (root,))
+    with pytest.raises(ValueError, match="null"):
+        _cbulk.Job([], ("/t\0mp",))
+    with pytest.raises(ValueError, match="empty"):
+        _cbulk.Job([], ())
+
+
+def test_a_job_runs_once(scratch: Path) -> None:
+    job = _cbulk.Job(make_files(scratch, 2))
+    job.run()
+    with pytest.raises(RuntimeError, match="already been started"):
+        job.run()
+    with pytest.raises(RuntimeError, match="already been started"):
+        _cbulk.Pool().put(job)
+
+
+def test_a_job_stopped_before_it_starts_touches_nothing(scratch: Path) -> None:
+    files = make_files(scratch, 3)
+    job = _cbulk.Job(files)
+    job.stop = True
+    assert not job.wait(0.01)
+    job.run()
+    assert (job.done, job.finished, job.stop) == (0, True, True)
+    assert job.wait(0) and job.wait(None)
+    assert all(os.path.exists(f) for f in files)
+
+
+# -- Pool ---------------------------------------------------------------------------------
+
+
+def test_a_pool_runs_jobs_on_its_threads_and_signals_each_end(scratch: Path) -> None:
+    pool = _cbulk.Pool()
+    threads = [threading.Thread(target=pool.serve, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    jobs = [_cbulk.Job(make_files(scratch / f"d{k}", 50)) for k in range(20)]
+    for job in jobs:
+        pool.put(job)
+    seen: list[Any] = []
+    deadline = time.monotonic() + 30
+    while len(seen) < len(jobs) and time.monotonic() < deadline:
+        readable, _, _ = select.select([pool.fileno()], [], [], 1.0)
+        if readable:
+            seen += pool.completed()
+    assert sorted(map(id, seen)) == sorted(map(id, jobs))
+    assert all(j.finished and j.done == 50 and not j.failures() for j in jobs)
+    assert all(not os.listdir(scratch / f"d{k}") for k in range(20))
+    assert select.select([pool.fileno()], [], [], 0)[0] == []  # completed() reset it
+    pool.close()
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.put(_cbulk.Job([]))
+
+
+def test_a_closed_pool_still_runs_what_was_queued(scratch: Path) -> None:
+    pool = _cbulk.Pool()
+    jobs = [_cbulk.Job(make_files(scratch / f"d{k}", 10)) for k in range(3)]
+    for job in jobs:
+        pool.put(job)
+    pool.close()
+    pool.serve()  # returns once the queue is empty
+    assert [j.done for j in jobs] == [10, 10, 10]
+    assert len(pool.completed()) == 3
+
+
+def _hold_the_gil(seconds: float) -> None:
+    """Keep the GIL for about ``seconds``: sum() over a range runs in C and never lets go."""
+    start = time.perf_counter()
+    n = 1_000_000
+    sum(range(n))
+    rate = n / max(time.perf_counter() - start, 1e-9)
+    sum(range(int(rate * seconds)))
+
+
+def test_the_lane_unlinks_while_the_loop_thread_holds_the_gil(scratch: Path) -> None:
+    """The whole point of the lane: its threads need no GIL to take, run or end a job.
+
+    The job is queued and this thread then holds the GIL for about half a
+    second: the lane takes the job and finishes all 4,000 files meanwhile.
+    A thread that needs the GIL to take a job or between chunks (as
+    ``UnlinkJob`` on the executor does) gets a chunk or two done at most.
+    """
+    files = make_files(scratch, 4000)
+    lane = _lane.FileLane(1, "test")
+    loop = asyncio.new_event_loop()
+    try:
+        job = _lane.LaneJob(files, None)
+        lane.start(job, loop.create_future())
+        before = job.done
+        _hold_the_gil(0.5)
+        during = job.done - before
+    finally:
+        lane.close()
+        loop.close()
+    assert job.wait(30)
+    assert before < len(files) // 2, "the job was over before the GIL was held: no evidence"
+    assert during == len(files) - before, f"only {during} files while the GIL was held"
+    assert not os.listdir(scratch)
+
+
+# -- a cleaner on the lane, beside the same cleaner on the executor ------------------------
+
+
+@pytest.fixture(params=["lane", "executor"])
+def file_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Which way a cleaner's file jobs go: a replaced os.unlink turns the lane off."""
+    started: list[int] = []
+    real_start = _lane.FileLane.start
+
+    def counting_start(self: _lane.FileLane, job: _lane.LaneJob, fut: Any) -> None:
+        started.append(len(job.paths))
+        real_start(self, job, fut)
+
+    monkeypatch.setattr(_lane.FileLane, "start", counting_start)
+    if request.param == "executor":
+        real_unlink = os.unlink
+
+        def unlink(path: Any, *, dir_fd: int | None = None) -> None:
+            real_unlink(path, dir_fd=dir_fd)
+
+        monkeypatch.setattr(os, "unlink", unlink)
+    yield request.param
+    assert bool(started) == (request.param == "lane"), started
+
+
+async def test_a_confined_cleaner_gives_the_same_outcome_on_both_paths(
+    file_path: str,
+    scratch: Path,
+    outside: Path,
+    make_cleaner: Callable[..., fc.Cleaner],
+    registry: CollectorRegistry,
+) -> None:
+    cases = list(_undecidable(scratch, outside))
+    plain = make_files(scratch / "many", 3000)
+    c = make_cleaner(allowed_roots=[scratch])
+    c.init_worker()
+    for p in plain[:1500] + [path for _, path in cases] + plain[1500:]:
+        c.submit(fc.RemoveFile(p))
+    (scratch / "a-dir").mkdir()
+    c.submit(fc.RemoveFile(str(scratch / "a-dir")))
+    assert await c.drain(timeout=60)
+    stats = c.stats()
+    assert not os.listdir(scratch / "many")
+    # Removed through the symlink inside the root, "..", "." and "//" (all the same file):
+    assert not (scratch / "real" / "victim").exists()
+    assert (outside / "victim").exists()
+    assert (scratch / "a-dir").is_dir() and (scratch / "plain-file").exists()
+    # Refused: the link out, the path outside, and "real/.." (it names the root's own
+    # entry in its parent). Errors: a file used as a directory, and the directory.
+    # Completed: the 3,000, and the five spellings of real/victim (one removes it).
+    failed = {
+        reason: registry.get_sample_value(
+            "fastcleanup_failed_total",
+            {"cleaner": c.name, "task": "remove_file", "reason": reason},
+        )
+        for reason in ("refused", "error")
+    }
+    assert (stats.completed, failed) == (3006, {"refused": 3.0, "error": 2.0}), (stats, failed)
+
+
+async def test_a_burst_goes_to_the_lane_in_large_jobs(
+    file_path: str, scratch: Path, make_cleaner: Callable[..., fc.Cleaner]
+) -> None:
+    files = make_files(scratch, 5000)
+    c = make_cleaner()
+    c.init_worker()
+    for p in files:
+        c.submit(fc.RemoveFile(p))
+    assert await c.drain(timeout=60)
+    assert (c.stats().completed, c.stats().failed) == (5000, 0)
+    assert not os.listdir(scratch)
+
+
+def test_the_lane_threads_are_named_after_the_cleaner() -> None:
+    async def main() -> list[str]:
+        c = fc.Cleaner(name="crawl", registry=None).init_worker()
+        try:
+            return sorted(t.name for t in threading.enumerate() if "crawl" in t.name)
+        finally:
+            await c.shutdown()
+
+    names = asyncio.run(main())
+    assert [n for n in names if "-lane-" in n] == [
+        "fastcleanup-crawl-lane-0",
+        "fastcleanup-crawl-lane-1",
+    ], names
+    assert sys.modules["fastcleanup._cbulk"] is _cbulk
