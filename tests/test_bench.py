@@ -58,7 +58,9 @@ def test_a_burst_removes_every_file(name: str, tmp_path: Path) -> None:
     assert m.stall_max_ms >= m.stall_p99_ms >= 0
 
 
-@pytest.mark.parametrize("name", ["unlink-2-threads", "fastcleanup-uvloop", CONFINED])
+@pytest.mark.parametrize(
+    "name", ["unlink-2-threads", "bulk-2-threads", "fastcleanup-uvloop", CONFINED]
+)
 def test_bursts_over_100_directories_beside_a_busy_loop_remove_every_file(
     name: str, tmp_path: Path
 ) -> None:

@@ -63,7 +63,7 @@ def _missing_path(where: str | None = None) -> str:
 # -- plain threads: the limits --------------------------------------------------------
 
 
-async def _unlink_in_threads(paths: Paths, threads: int) -> None:
+async def _unlink_in_threads(paths: Paths, threads: int, bulk: bool = False) -> None:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     left = [threads]
@@ -76,8 +76,16 @@ async def _unlink_in_threads(paths: Paths, threads: int) -> None:
 
     def unlink_all(part: Paths) -> None:
         try:
-            for p in part:
-                os.unlink(p)
+            if bulk:
+                from fastcleanup import _cbulk  # the competitor needs it (see its entry)
+
+                job = _cbulk.Job(list(part))
+                job.run()  # no GIL, no Python per file
+                if job.failures():
+                    raise BenchError(f"bulk unlink failed: {job.failures()[:3]}")
+            else:
+                for p in part:
+                    os.unlink(p)
         except BaseException as exc:  # handed to the awaiting loop below
             errors.append(exc)
         finally:
@@ -109,6 +117,14 @@ async def _one_thread() -> AsyncIterator[Burst[Paths]]:
 async def _two_threads() -> AsyncIterator[Burst[Paths]]:
     async def burst(paths: Paths) -> None:
         await _unlink_in_threads(paths, 2)
+
+    yield burst
+
+
+@contextlib.asynccontextmanager
+async def _bulk_two_threads() -> AsyncIterator[Burst[Paths]]:
+    async def burst(paths: Paths) -> None:
+        await _unlink_in_threads(paths, 2, bulk=True)
 
     yield burst
 
@@ -463,8 +479,12 @@ FILE_COMPETITORS: Final[dict[str, Competitor[Paths]]] = _registry(
     Competitor(
         "unlink-1-thread", "os.unlink loop in one thread: the single-thread limit", _one_thread
     ),
+    Competitor("unlink-2-threads", "two threads, each os.unlink-ing half", _two_threads),
     Competitor(
-        "unlink-2-threads", "two threads, each unlinking half: the machine's ceiling", _two_threads
+        "bulk-2-threads",
+        "two threads, each unlinking half in C without the GIL: the kernel's ceiling",
+        _bulk_two_threads,
+        needs="fastcleanup._cbulk",
     ),
     Competitor(
         "gather-aiofiles", "asyncio.gather(aiofiles.os.remove(p) for every path)", _gather_aiofiles
