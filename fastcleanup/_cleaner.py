@@ -43,8 +43,9 @@ class Cleaner(Handback):
 
     ``batch_size`` tasks at most go to one worker; ``task_timeout`` seconds
     bound each cleanup; at most ``max_batches`` batches run at once (the rest
-    wait in the queue); file and tree removals run on ``io_threads`` daemon
-    threads of the cleaner's own; ``exit_timeout`` bounds the removals run
+    wait in the queue); file removals run on ``io_threads`` daemon threads of
+    the cleaner's own (the compiled lane's, when built), tree removals and
+    the rest on as many more; ``exit_timeout`` bounds the removals run
     synchronously at interpreter exit. ``registry`` is the
     ``prometheus_client`` registry to export to (``None``: none).
     """

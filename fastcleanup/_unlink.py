@@ -12,8 +12,10 @@ its next entry. Bad arguments raise TypeError or ValueError before any file
 is touched.
 
 The compiled version releases the GIL once per 256 entries instead of once
-per file, so the unlink threads keep going while the loop thread runs
-Python. Set ``FASTCLEANUP_PURE_PYTHON=1`` to use the twin everywhere.
+per file. A cleaner's burst does not come here when the C module is built:
+it goes to the lane (``_lane``), whose jobs need no GIL at all; these jobs
+serve the rest (the files the lane hands over, exit, a dead loop's file in
+progress). Set ``FASTCLEANUP_PURE_PYTHON=1`` to use the twin everywhere.
 Replacing ``os.unlink`` (fault injection, instrumentation) only reaches the
 twin: callers pick ``unlinkat_many if use_compiled() else pure_unlinkat_many``.
 """

@@ -249,7 +249,7 @@ def test_main_quick_prints_the_comparison(
     out = capsys.readouterr().out
     assert list(work.iterdir()) == []  # every burst's files and directories are gone
     assert chart.stat().st_size > 1000
-    assert re.search(r"compiled bulk unlink: (yes|no|unknown)", out.splitlines()[0])
+    assert re.search(r"compiled file lane: (yes|no|unknown)", out.splitlines()[0])
     for sc in SCENARIOS:
         ratios = _ratios(out, sc.key)
         assert list(ratios) == list(sc.names)

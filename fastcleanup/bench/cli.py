@@ -398,7 +398,7 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 
 
 def compiled_unlink() -> str:
-    """Whether fastcleanup's optional compiled bulk unlink is in use: yes, no or unknown."""
+    """Whether the optional compiled module (the file lane) is in use: yes, no or unknown."""
     try:
         module = importlib.import_module("fastcleanup._unlink")
     except ImportError:
@@ -575,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
         f"fastcleanup bench: loop {loop}, {os.cpu_count()} CPUs, load average {load}; "
-        f"compiled bulk unlink: {compiled_unlink()}",
+        f"compiled file lane: {compiled_unlink()}",
         flush=True,
     )
 
