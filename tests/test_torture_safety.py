@@ -2,6 +2,9 @@
 
 * A directory inside a tree is swapped for a symlink to somewhere else while
   RemoveTree walks the tree: nothing outside the tree is ever removed.
+* The parent directories of a confined burst of file removals are swapped for
+  symlinks out of the root: nothing outside is removed, on the compiled lane
+  as on the executor.
 * allowed_roots cannot be escaped, whatever mix of ``..``, ``.``, symlinks
   (inward, outward, chained) a path is made of: what a confined cleaner
   removes is exactly what the kernel would reach through that path, and only
@@ -128,6 +131,58 @@ async def test_symlink_swapped_in_during_remove_tree_never_leads_outside(
         files_lost_outside=0,
         **outcomes,
     )
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("via", ["lane", "executor"])
+async def test_symlink_swapped_in_for_a_parent_never_leads_outside(
+    scratch: Path, loop_kind: str, via: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bursts of confined file removals while their parent directories are swapped
+    for symlinks to a directory of files with the same names: not one of those goes.
+
+    The compiled lane walks each parent from the root with ``O_NOFOLLOW`` and hands
+    a symlink to the resolver; the executor's job resolves first, then walks.
+    """
+    if via == "executor":
+        real_unlink = os.unlink
+
+        def unlink(path: Any, *, dir_fd: int | None = None) -> None:
+            real_unlink(path, dir_fd=dir_fd)
+
+        monkeypatch.setattr(os, "unlink", unlink)  # a replaced os.unlink: no lane
+    rounds, per_dir = scale(20, 150), 150
+    outside = scratch / "outside"
+    outside.mkdir()
+    for i in range(per_dir):
+        (outside / f"f{i}").write_bytes(b"x")
+    precious = snapshot(outside)
+    root = scratch / "root"
+    root.mkdir()
+    swaps = 0
+    async with fc.Cleaner(registry=CollectorRegistry(), allowed_roots=[root]) as cleaner:
+        for r in range(rounds):
+            dirs = [root / f"r{r}" / f"d{k}" for k in range(8)]
+            for d in dirs:
+                d.mkdir(parents=True)
+                for i in range(per_dir):
+                    (d / f"f{i}").write_bytes(b"x")
+            swapper = Swapper(dirs, outside, seed=r)
+            swapper.start()
+            for i in range(per_dir):
+                for d in dirs:
+                    cleaner.submit(fc.RemoveFile(str(d / f"f{i}")))
+                if i % 16 == 0:
+                    await asyncio.sleep(0)  # submits spread over loop turns, as in a crawler
+            assert await cleaner.drain(timeout=60)
+            swapper.done.set()
+            swapper.join()
+            swaps += swapper.swaps
+            assert snapshot(outside) == precious, f"round {r}: a file outside was removed"
+        s = cleaner.stats()
+    assert conserved(s) and quiet(s), s
+    assert swaps >= rounds, f"only {swaps} swaps: the test proves little"
+    report("parent_swap", loop=loop_kind, via=via, rounds=rounds, swaps=swaps, lost_outside=0)
 
 
 # -- allowed_roots -------------------------------------------------------------------
