@@ -439,7 +439,10 @@ def test_exit_with_pending_work(scratch: Path, kind: str) -> None:
     """asyncio.run returns without shutdown(): at exit the queued file and tree
     removals run synchronously; other tasks are counted as dropped at exit; a
     submit that comes after fastcleanup's exit hook is dropped at exit too."""
-    files = [str(scratch / f"e{i}") for i in range(2_000)]
+    # The dispatcher may hand out max_batches jobs of 1,024 files before the
+    # loop dies, and the compiled lane needs no GIL to run them meanwhile: far
+    # more files than that are needed for most to be pending at exit.
+    files = [str(scratch / f"e{i}") for i in range(20_000)]
     touch_all(files)
     for t in range(20):
         (scratch / f"tree{t}" / "sub").mkdir(parents=True)
@@ -478,12 +481,12 @@ def test_exit_with_pending_work(scratch: Path, kind: str) -> None:
     stats = child_stats(out)
     assert stats is not None, out + err
     pending = int(out.split("PENDING ")[1].split()[0])
-    assert pending > 1_000, out  # most of it was still pending when main() returned
+    assert pending > 10_000, out  # most of it was still pending when main() returned
     assert os.listdir(scratch) == ["late"]  # every file and tree but the late one: gone
     assert stats == {
-        "submitted": 2_053,
+        "submitted": 20_053,
         "dropped_before_init": 0,
-        "completed": 2_021,  # 2,000 files, 20 trees and the early one
+        "completed": 20_021,  # 20,000 files, 20 trees and the early one
         "failed": 1,  # "not a task"
         "dropped_at_exit": 31,  # 30 calls and the late one
         "queued": 0,
