@@ -171,6 +171,22 @@ def test_a_job_stopped_before_it_starts_touches_nothing(scratch: Path) -> None:
     assert all(os.path.exists(f) for f in files)
 
 
+def test_stop_from_another_thread_ends_a_running_job(scratch: Path) -> None:
+    """What the loop's watchdog does to a job stuck on one file: the rest is not started."""
+    names = [str(scratch / f"missing-{k}") for k in range(200_000)]  # ~1 us each
+    job = _cbulk.Job(names)
+    runner = threading.Thread(target=job.run)
+    runner.start()
+    deadline = time.monotonic() + 30
+    while not job.done and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    job.stop = True
+    assert job.wait(30)
+    runner.join(30)
+    assert 0 < job.done < len(names), job.done
+    assert job.failures() == [] and job.fallback_at == -1
+
+
 # -- Pool ---------------------------------------------------------------------------------
 
 

@@ -436,6 +436,8 @@ open(outside, "w").close()
 
 async def main(roots):
     async with fc.Cleaner(registry=CollectorRegistry(), allowed_roots=roots) as c:
+        # The compiled lane runs exactly when the C module does.
+        assert (c._lane is not None) is u.COMPILED, c._lane
         for p in paths[: len(paths) // 2] if roots is None else paths[len(paths) // 2 :]:
             c.submit(fc.RemoveFile(p))
         if roots is not None:
