@@ -20,6 +20,7 @@ from fastcleanup.bench.cli import (
     SCENARIOS,
     Report,
     Target,
+    against_ceiling,
     compare_files,
     compiled_unlink,
     main,
@@ -208,6 +209,12 @@ def test_targets_compare_within_the_run() -> None:
     assert not found["bytes per queued RemoveFile"].met
     assert "[MISSED]" in found["bytes per queued RemoveFile"].line()
     assert not Target("nan", math.nan, 1.0, True).met
+    assert against_ceiling(report) == []  # no bulk-2-threads in this run
+    report.bursts["one-dir"]["bulk-2-threads"] = m("bulk-2-threads", 0.4)
+    assert against_ceiling(report) == [
+        "  one-dir, 1,000 files: fastcleanup-uvloop: 0.80x",
+        f"  one-dir, 1,000 files: {CONFINED}: 0.50x",
+    ]
 
 
 _SMALL = [

@@ -51,6 +51,7 @@ __all__ = [
     "Report",
     "Scenario",
     "Target",
+    "against_ceiling",
     "compare_calls",
     "compare_files",
     "compiled_unlink",
@@ -450,6 +451,22 @@ def render(report: Report, out: TextIO, *, calls: int, repeat: int) -> None:
         print("\ntargets (ratios within this run):", file=out)
         for t in found:
             print(t.line(), file=out)
+    lines = against_ceiling(report)
+    if lines:
+        print(f"\nagainst the kernel's ceiling ({CEILING}) in this run:", file=out)
+        for line in lines:
+            print(line, file=out)
+
+
+def against_ceiling(report: Report) -> list[str]:
+    """What fastcleanup reaches of two C threads unlinking with no Python, per scenario."""
+    out = []
+    for key, rows in report.bursts.items():
+        for name in (OURS, CONFINED):
+            value = _ratio(rows, name, CEILING)
+            if value is not None:
+                out.append(f"  {key}, {rows[name].items:,} files: {name}: {_num(value)}x")
+    return out
 
 
 def plot(report: Report, path: str) -> None:
