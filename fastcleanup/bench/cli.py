@@ -30,6 +30,7 @@ from .competitors import (
     CONFINED,
     FILE_COMPETITORS,
     IDLE,
+    ONE_THREAD,
     SLICE,
     busy_loop,
     file_competitor,
@@ -91,7 +92,7 @@ class Scenario:
 
 _FAST = (BASELINE, TWO_THREADS, CEILING, OURS, CONFINED)
 SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("one-dir", "one directory", (*_FAST, "fastcleanup-asyncio")),
+    Scenario("one-dir", "one directory", (*_FAST, ONE_THREAD, "fastcleanup-asyncio")),
     Scenario("100-dirs", "100 directories (no per-directory lock between unlinks)", _FAST, 100),
     Scenario(
         "busy-loop",

@@ -32,6 +32,7 @@ __all__ = [
     "CONFINED",
     "FILE_COMPETITORS",
     "IDLE",
+    "ONE_THREAD",
     "SLICE",
     "RustPort",
     "busy_loop",
@@ -303,8 +304,10 @@ async def _rust_port() -> AsyncIterator[Burst[Paths]]:
 
 
 @contextlib.asynccontextmanager
-async def _cleaner(allowed_roots: Sequence[str] | None = None) -> AsyncIterator[fc.Cleaner]:
-    cleaner = fc.Cleaner(registry=None, allowed_roots=allowed_roots)
+async def _cleaner(
+    allowed_roots: Sequence[str] | None = None, io_threads: int = 2
+) -> AsyncIterator[fc.Cleaner]:
+    cleaner = fc.Cleaner(registry=None, allowed_roots=allowed_roots, io_threads=io_threads)
     cleaner.init_worker()
     try:
         # Warm up: the cleaner's threads and the dispatcher's first wake.
@@ -327,9 +330,9 @@ def _check(cleaner: fc.Cleaner, before: fc.Stats, items: int) -> None:
 
 @contextlib.asynccontextmanager
 async def _fastcleanup_files(
-    allowed_roots: Sequence[str] | None = None,
+    allowed_roots: Sequence[str] | None = None, io_threads: int = 2
 ) -> AsyncIterator[Burst[Paths]]:
-    async with _cleaner(allowed_roots) as cleaner:
+    async with _cleaner(allowed_roots, io_threads) as cleaner:
 
         async def burst(paths: Paths) -> None:
             before = cleaner.stats()
@@ -346,6 +349,7 @@ async def _fastcleanup_files(
 
 
 CONFINED: Final = "fastcleanup-roots-uvloop"
+ONE_THREAD: Final = "fastcleanup-1-thread-uvloop"
 
 
 def confined_to(root: str) -> Competitor[Paths]:
@@ -514,6 +518,13 @@ FILE_COMPETITORS: Final[dict[str, Competitor[Paths]]] = _registry(
         "fastcleanup-uvloop",
         "fastcleanup Cleaner.submit(RemoveFile(p)) on uvloop",
         _fastcleanup_files,
+        loop="uvloop",
+        needs="uvloop",
+    ),
+    Competitor(
+        ONE_THREAD,
+        "the same with Cleaner(io_threads=1): one core left to the loop",
+        partial(_fastcleanup_files, None, 1),
         loop="uvloop",
         needs="uvloop",
     ),
