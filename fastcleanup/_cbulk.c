@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -336,7 +337,6 @@ done:
  * GIL, and report through an eventfd that the loop watches. */
 
 #define FALLBACK 1   /* confined(): this entry needs the Python resolver */
-#define GONE_FD (-2) /* cached parent that does not exist: its files are gone */
 #define SLOTS 256    /* parent cache slots per job (a power of two) */
 #define MAX_OPEN 128 /* parent descriptors held at once by one job */
 #define DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
@@ -364,10 +364,15 @@ typedef struct JobObject {
     struct JobObject *next;
 } JobObject;
 
+/* Outcomes of resolving one parent, cached for all of its files. */
+enum { P_OPEN, P_GONE, P_FAIL, P_FALLBACK };
+#define REFUSED_CODE 0x10000 /* code[k]: outside every root (larger than any errno) */
+
 typedef struct {
-    const char *parent; /* a prefix of one entry's path */
+    const char *parent; /* a prefix of one entry's path; NULL marks a free slot */
     size_t len;
-    int fd;             /* open descriptor or GONE_FD; -1 marks a free slot */
+    int status;         /* P_OPEN, P_GONE or P_FAIL */
+    int value;          /* P_OPEN: the descriptor; P_FAIL: errno or REFUSED_CODE */
 } slot_t;
 
 static PyTypeObject Job_Type;
@@ -382,33 +387,35 @@ hash_bytes(const char *s, size_t n)
     return h;
 }
 
-/* Open parent p[0:plen] below its root by descriptor, one O_NOFOLLOW
- * component at a time; GONE_FD if a component is missing, -FALLBACK if
- * the Python resolver must decide (no root matches lexically, a symlink or
- * a non-directory on the way, any other error). */
-static int
-open_parent(JobObject *job, const char *p, size_t plen)
+/* The root that directory p[0:plen] lies in, as spelled, or -1; *rest is
+ * the part below it (Roots._lexical's prefix test). */
+static Py_ssize_t
+root_of(JobObject *job, const char *p, size_t plen, const char **rest, size_t *restlen)
 {
-    const char *rest = NULL;
-    size_t restlen = 0;
-    Py_ssize_t r;
-    for (r = 0; r < job->nroots; r++) {
+    for (Py_ssize_t r = 0; r < job->nroots; r++) {
         const char *root = job->roots[r];
         size_t rl = job->root_len[r];
-        if (rl == 1 && root[0] == '/') {
-            rest = p + 1;
-            restlen = plen - 1;
-            break;
+        if (rl == 1) { /* "/" */
+            *rest = p + 1;
+            *restlen = plen - 1;
+            return r;
         }
         if (plen >= rl && memcmp(p, root, rl) == 0 && (plen == rl || p[rl] == '/')) {
-            rest = plen == rl ? p + plen : p + rl + 1;
-            restlen = plen == rl ? 0 : plen - rl - 1;
-            break;
+            *rest = plen == rl ? p + plen : p + rl + 1;
+            *restlen = plen == rl ? 0 : plen - rl - 1;
+            return r;
         }
     }
-    if (r == job->nroots) {
-        return -FALLBACK;
-    }
+    return -1;
+}
+
+/* Open rest[0:restlen] below root r, one O_NOFOLLOW component at a time
+ * from the root's descriptor (opened once per run): 0 with *fd set, an
+ * errno, or -1 when only the Python resolver can say (the root itself
+ * cannot be opened, the path is too long). */
+static int
+walk(JobObject *job, Py_ssize_t r, const char *rest, size_t restlen, int *fd)
+{
     if (job->root_fd[r] == -1) {
         job->root_fd[r] = open(job->roots[r], DIR_FLAGS);
         if (job->root_fd[r] < 0) {
@@ -417,15 +424,15 @@ open_parent(JobObject *job, const char *p, size_t plen)
     }
     int top = job->root_fd[r];
     if (top < 0) {
-        return -FALLBACK;
+        return -1;
     }
     if (restlen == 0) {
-        int fd = dup(top);
-        return fd < 0 ? -FALLBACK : fd;
+        *fd = dup(top);
+        return *fd < 0 ? -1 : 0;
     }
-    char buf[4096];
+    char buf[PATH_MAX];
     if (restlen >= sizeof(buf)) {
-        return -FALLBACK;
+        return -1;
     }
     memcpy(buf, rest, restlen);
     buf[restlen] = '\0';
@@ -436,44 +443,102 @@ open_parent(JobObject *job, const char *p, size_t plen)
         if (slash != NULL) {
             *slash = '\0';
         }
-        int fd = openat(cur, part, DIR_FLAGS);
+        int next = openat(cur, part, DIR_FLAGS);
         int err = errno;
         if (cur != top) {
             close(cur);
         }
-        if (fd < 0) {
-            return err == ENOENT ? GONE_FD : -FALLBACK;
+        if (next < 0) {
+            return err;
         }
-        cur = fd;
+        cur = next;
         if (slash == NULL) {
-            return cur;
+            *fd = cur;
+            return 0;
         }
         part = slash + 1;
     }
+}
+
+/* Resolve parent p[0:plen] as Roots.open_dir does. A plainly spelled
+ * absolute parent under a root is walked at once: the O_NOFOLLOW walk
+ * alone proves it is inside. Otherwise, or when that walk meets a symlink
+ * or a non-directory, the parent is resolved with realpath(3) (".." and
+ * symlinks), matched against the roots, and walked again from its root. A
+ * missing parent means its files are gone. realpath(3) fails on a missing
+ * component where Python's realpath goes on, so any such failure is left
+ * to the Python resolver, as is a name without a slash. */
+static int
+open_parent(JobObject *job, const char *p, size_t plen, int *value)
+{
+    const char *rest;
+    size_t restlen;
+    int err;
+    if (p[0] == '/' && memmem(p, plen, "/.", 2) == NULL && memmem(p, plen, "//", 2) == NULL) {
+        Py_ssize_t r = root_of(job, p, plen, &rest, &restlen);
+        if (r >= 0) {
+            err = walk(job, r, rest, restlen, value);
+            if (err == 0) {
+                return P_OPEN;
+            }
+            if (err == ENOENT) {
+                return P_GONE;
+            }
+            if (err < 0) {
+                return P_FALLBACK;
+            }
+        }
+    }
+    char spelled[PATH_MAX], real[PATH_MAX];
+    if (plen >= sizeof(spelled)) {
+        return P_FALLBACK;
+    }
+    memcpy(spelled, p, plen);
+    spelled[plen] = '\0';
+    if (realpath(spelled, real) == NULL) {
+        return P_FALLBACK;
+    }
+    Py_ssize_t r = root_of(job, real, strlen(real), &rest, &restlen);
+    if (r < 0) {
+        *value = REFUSED_CODE;
+        return P_FAIL;
+    }
+    err = walk(job, r, rest, restlen, value);
+    if (err == 0) {
+        return P_OPEN;
+    }
+    if (err < 0) {
+        return P_FALLBACK;
+    }
+    if (err == ENOENT) {
+        return P_GONE;
+    }
+    *value = err;
+    return P_FAIL;
 }
 
 static void
 close_slots(slot_t *table, int *open_count)
 {
     for (int i = 0; i < SLOTS; i++) {
-        if (table[i].fd >= 0) {
-            close(table[i].fd);
+        if (table[i].parent != NULL && table[i].status == P_OPEN) {
+            close(table[i].value);
         }
-        table[i].fd = -1;
         table[i].parent = NULL;
     }
     *open_count = 0;
 }
 
 /* One entry under the roots: 0 when done (code[k] set), FALLBACK when the
- * Python resolver must take it from here. The checks match
- * Roots._lexical and split(): anything else falls back. */
+ * Python resolver must take it from here. split() decides the name as
+ * the Python side does: a path without a slash, or one that ends in "",
+ * "." or "..", is left to it. */
 static int
 confined(JobObject *job, Py_ssize_t k, slot_t *table, int *open_count)
 {
     const char *p = job->paths[k];
     const char *slash = strrchr(p, '/');
-    if (p[0] != '/' || slash == NULL) {
+    if (slash == NULL || (slash > p && slash[-1] == '/')) {
         return FALLBACK;
     }
     const char *name = slash + 1;
@@ -481,22 +546,16 @@ confined(JobObject *job, Py_ssize_t k, slot_t *table, int *open_count)
         return FALLBACK;
     }
     size_t plen = slash == p ? 1 : (size_t)(slash - p);
-    if (memmem(p, plen, "/.", 2) != NULL || memmem(p, plen, "//", 2) != NULL) {
-        return FALLBACK;
-    }
     uint64_t h = hash_bytes(p, plen);
     size_t i = (size_t)h & (SLOTS - 1);
     while (table[i].parent != NULL &&
            !(table[i].len == plen && memcmp(table[i].parent, p, plen) == 0)) {
         i = (i + 1) & (SLOTS - 1);
     }
-    int fd;
-    if (table[i].parent != NULL) {
-        fd = table[i].fd;
-    }
-    else {
-        fd = open_parent(job, p, plen);
-        if (fd == -FALLBACK) {
+    if (table[i].parent == NULL) {
+        int value = 0;
+        int status = open_parent(job, p, plen, &value);
+        if (status == P_FALLBACK) {
             return FALLBACK;
         }
         if (*open_count >= MAX_OPEN) {
@@ -505,13 +564,18 @@ confined(JobObject *job, Py_ssize_t k, slot_t *table, int *open_count)
         }
         table[i].parent = p;
         table[i].len = plen;
-        table[i].fd = fd;
+        table[i].status = status;
+        table[i].value = value;
         *open_count += 1;
     }
-    if (fd != GONE_FD && unlinkat(fd, name, 0) != 0 && errno != ENOENT) {
-        job->code[k] = errno;
-    }
-    else {
+    switch (table[i].status) {
+    case P_OPEN:
+        job->code[k] = unlinkat(table[i].value, name, 0) != 0 && errno != ENOENT ? errno : 0;
+        break;
+    case P_FAIL:
+        job->code[k] = table[i].value;
+        break;
+    default: /* P_GONE: so is the file */
         job->code[k] = 0;
     }
     return 0;
@@ -524,7 +588,6 @@ run_entries(JobObject *job)
     slot_t table[SLOTS];
     int open_count = 0;
     for (int i = 0; i < SLOTS; i++) {
-        table[i].fd = -1;
         table[i].parent = NULL;
     }
     for (Py_ssize_t r = 0; r < job->nroots; r++) {
@@ -842,13 +905,15 @@ PyDoc_STRVAR(Job_doc,
 "A list of paths to unlink, converted now (with the GIL) and run later by\n"
 "run() or a Pool thread, without it. A name already gone is a success; an\n"
 "item that is no path fails with EINVAL. With roots (a tuple of resolved,\n"
-"absolute directories), each plainly spelled absolute parent under a root\n"
-"is opened once per job from the root's descriptor, one O_NOFOLLOW\n"
-"component at a time, and its files are unlinked by descriptor; a parent\n"
-"that is missing means its files are gone. Any other entry (relative, with\n"
-"'.' or '//', outside every root lexically, a symlink or an error on the\n"
-"way) ends the job: fallback_at names it and done stops before it, for the\n"
-"Python resolver to take over.");
+"absolute directories), each parent is resolved once per job as\n"
+"Roots.open_dir does (a plain spelling under a root walked at once, any\n"
+"other through realpath(3) first), opened from its root's descriptor one\n"
+"O_NOFOLLOW component at a time, and its files unlinked by descriptor; a\n"
+"parent outside every root fails its files with REFUSED, a missing one\n"
+"means they are gone. An entry only the Python resolver decides (a name\n"
+"without a slash or ending in '.', '..' or '/', a parent realpath(3)\n"
+"cannot resolve) ends the job: fallback_at names it and done stops before\n"
+"it.");
 
 static PyTypeObject Job_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -1144,7 +1209,8 @@ cbulk_exec(PyObject *module)
         return -1;
     }
     if (PyModule_AddObjectRef(module, "Job", (PyObject *)&Job_Type) < 0 ||
-        PyModule_AddObjectRef(module, "Pool", (PyObject *)&Pool_Type) < 0) {
+        PyModule_AddObjectRef(module, "Pool", (PyObject *)&Pool_Type) < 0 ||
+        PyModule_AddIntConstant(module, "REFUSED", REFUSED_CODE) < 0) {
         return -1;
     }
     return 0;

@@ -12,6 +12,8 @@ def unlinkat_many(
 ) -> list[tuple[int, int]]: ...
 def untrack(obj: object) -> None: ...
 
+REFUSED: int  # a Job failure code: the path lies outside every root
+
 class Job:
     def __init__(
         self,

@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from ._paths import Roots, failure, resolve
+from ._paths import Roots, failure, refused, resolve
 
 __all__ = ["FileLane", "LaneJob"]
 
 try:
-    from ._cbulk import Job, Pool
+    from ._cbulk import REFUSED, Job, Pool
 except ImportError:  # not built: FileLane is never created
     pass
 
@@ -32,10 +32,11 @@ except ImportError:  # not built: FileLane is never created
 class LaneJob:
     """``UnlinkJob``'s compiled twin: the same interface, over a ``_cbulk.Job``.
 
-    A path the C side cannot decide under ``allowed_roots`` (a symlink or
-    ``..`` on the way, a parent outside every root as spelled) ends the job
-    there: ``fallback_at`` names it, and the caller runs the rest through
-    ``UnlinkJob``, whose resolver gives the same answers as before.
+    Under ``allowed_roots`` the C side resolves each parent as
+    ``Roots.open_dir`` does. A path it leaves to the Python resolver (a
+    name without a slash or ending in ``.``, ``..`` or ``/``, a parent
+    ``realpath(3)`` cannot resolve) ends the job there: ``fallback_at``
+    names it, and the caller runs the rest through ``UnlinkJob``.
     """
 
     __slots__ = ("c", "hung_at", "paths", "watchdog")
@@ -64,7 +65,10 @@ class LaneJob:
 
     @property
     def errors(self) -> list[tuple[int, OSError]]:
-        return [(k, failure(err, self.paths[k])) for k, err in self.c.failures()]
+        return [
+            (k, refused(self.paths[k]) if err == REFUSED else failure(err, self.paths[k]))
+            for k, err in self.c.failures()
+        ]
 
     @property
     def fallback_at(self) -> int:

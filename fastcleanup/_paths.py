@@ -326,8 +326,13 @@ def _open_dir(roots: Roots, parent: str, held: dict[str, int]) -> int | OSError:
 def _refusal(exc: OSError, path: str | bytes) -> OSError:
     """The error of one file under a parent that could not be opened."""
     if isinstance(exc, Refused):
-        return Refused(errno.EPERM, "outside the allowed roots", _shown(path))
+        return refused(path)
     return OSError(exc.errno, exc.strerror, _shown(path))
+
+
+def refused(path: object) -> Refused:
+    """The error of a file whose parent lies outside every root."""
+    return Refused(errno.EPERM, "outside the allowed roots", _shown(path))
 
 
 def _as_oserror(exc: Exception, path: object) -> OSError:

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 import fastcleanup as fc
 from fastcleanup import _lane
+from fastcleanup._paths import Roots, UnlinkJob
 
 try:
     from fastcleanup import _cbulk
@@ -100,41 +101,113 @@ def outside(tmp_path: Path) -> Path:
     return where
 
 
-def _undecidable(scratch: Path, outside: Path) -> Iterator[tuple[str, str]]:
+def _spellings(scratch: Path, outside: Path) -> Iterator[tuple[str, str]]:
+    """Paths under the root ``scratch`` that are not plainly spelled, each with why."""
     (scratch / "real").mkdir()
     (scratch / "real" / "victim").touch()
     (scratch / "in-link").symlink_to(scratch / "real")
     (scratch / "out-link").symlink_to(outside)
+    (scratch / "loop").symlink_to(scratch / "loop")
     (scratch / "plain-file").touch()
-    yield "a symlink to a directory inside", str(scratch / "in-link" / "victim")
-    yield "a symlink to a directory outside", str(scratch / "out-link" / "victim")
-    yield "a '..' component", str(scratch / "real" / ".." / "real" / "victim")
-    yield "a '.' component", str(scratch) + "/./real/victim"  # (pathlib would drop it)
     (scratch / ".hidden").mkdir()
     (scratch / ".hidden" / "victim").touch()
+    yield "a symlink to a directory inside", str(scratch / "in-link" / "victim")
+    yield "a symlink to a directory outside", str(scratch / "out-link" / "victim")
+    yield "a missing directory behind a symlink", str(scratch / "in-link" / "gone" / "victim")
+    yield "a symlink loop", str(scratch / "loop" / "victim")
+    yield "a '..' component", str(scratch / "real" / ".." / "real" / "victim")
+    yield "'..' out of the root", str(scratch / "real" / ".." / ".." / "outside" / "victim")
+    yield "a '.' component", str(scratch) + "/./real/victim"  # (pathlib would drop it)
     yield "a hidden directory", str(scratch / ".hidden" / "victim")
     yield "a doubled slash", str(scratch) + "//real/victim"
+    yield "a doubled slash before the name", str(scratch / "real") + "//victim"
     yield "a relative path", os.path.relpath(scratch / "real" / "victim")
     yield "outside every root", str(outside / "victim")
     yield "a file where a directory should be", str(scratch / "plain-file" / "victim")
     yield "a name that is '..'", str(scratch / "real" / "..")
 
 
-def test_a_confined_job_hands_over_what_only_the_resolver_decides(
-    scratch: Path, outside: Path
+# What the C side leaves to the Python resolver; it decides every other spelling.
+HANDED_OVER = {
+    "a missing directory behind a symlink",  # realpath(3) fails where Python's goes on
+    "a symlink loop",
+    "a doubled slash before the name",
+    "a name that is '..'",
+}
+
+
+def _sandbox(base: Path) -> tuple[Path, list[tuple[str, str]]]:
+    root, outside = base / "root", base / "outside"
+    root.mkdir(parents=True)
+    outside.mkdir()
+    (outside / "victim").touch()
+    return root, list(_spellings(root, outside))
+
+
+def _outcome(
+    base: Path, root: Path, paths: list[str | bytes], compiled: bool
+) -> tuple[set[str], list[tuple[int, str, int | None]]]:
+    """What is left under ``base``, and each failure, after removing ``paths``.
+
+    ``compiled``: a LaneJob run here, and the rest through UnlinkJob from
+    where it handed over, as the batch worker does.
+    """
+    roots = Roots([root])
+    errors: list[tuple[int, OSError]]
+    if compiled:
+        job = _lane.LaneJob(paths, roots)
+        job.c.run()
+        errors = job.errors
+        if job.fallback_at >= 0:
+            rest = UnlinkJob(paths[job.fallback_at :], roots)
+            rest()
+            errors += [(job.fallback_at + k, err) for k, err in rest.errors]
+    else:
+        pure = UnlinkJob(paths, roots)
+        pure()
+        errors = pure.errors
+    left = {
+        os.path.relpath(os.path.join(d, n), base) for d, ds, fs in os.walk(base) for n in ds + fs
+    }
+    return left, [(k, type(err).__name__, err.errno) for k, err in errors]
+
+
+def test_a_confined_job_decides_each_path_as_the_python_resolver_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each such path ends the job before it is touched: the Python resolver takes over."""
-    cases = list(_undecidable(scratch, outside))
-    for k, (why, path) in enumerate(cases):
-        before, after = make_files(scratch / "ok", 2, prefix=f"{k}-")
-        job = _cbulk.Job([before, path, after], (str(scratch),))
+    """Every spelling, between two plain paths, on the C job and on UnlinkJob: the same
+    files go, the same ones stay, the same errors (refused, ENOTDIR, ELOOP) come back."""
+    monkeypatch.chdir(tmp_path)  # the relative spelling resolves the same for both
+    count = len(_sandbox(tmp_path / "probe")[1])
+    for k in range(count):
+        outcomes = []
+        for compiled in (True, False):
+            base = tmp_path / f"{k}-{compiled}"
+            root, cases = _sandbox(base)
+            why, path = cases[k]
+            (root / "ok").mkdir(exist_ok=True)
+            before, after = str(root / "ok" / "before"), str(root / "ok" / "after")
+            Path(before).touch()
+            Path(after).touch()
+            outcomes.append(_outcome(base, root, [before, path, after], compiled))
+        assert outcomes[0] == outcomes[1], why
+        assert "root/ok/before" not in outcomes[0][0] and "root/ok/after" not in outcomes[0][0]
+
+
+def test_a_confined_job_hands_over_only_what_it_cannot_resolve(tmp_path: Path) -> None:
+    for k, (why, path) in enumerate(_sandbox(tmp_path)[1]):
+        root = tmp_path / "root"
+        before, after = make_files(root / "ok", 2, prefix=f"{k}-")
+        job = _cbulk.Job([before, path, after], (str(root),))
         job.run()
-        assert (job.done, job.fallback_at, job.failures()) == (1, 1, []), why
+        if why in HANDED_OVER:
+            assert (job.done, job.fallback_at) == (1, 1), why
+            assert os.path.exists(after), why
+        else:
+            assert (job.done, job.fallback_at) == (3, -1), why
+            assert not os.path.exists(after), why
         assert not os.path.exists(before), why
-        assert os.path.exists(after), why
-    assert (scratch / "real" / "victim").exists()
-    assert (scratch / ".hidden" / "victim").exists()
-    assert (outside / "victim").exists()
+    assert (tmp_path / "outside" / "victim").exists()
 
 
 def test_a_job_refuses_bad_arguments() -> None:
@@ -294,7 +367,7 @@ async def test_a_confined_cleaner_gives_the_same_outcome_on_both_paths(
     make_cleaner: Callable[..., fc.Cleaner],
     registry: CollectorRegistry,
 ) -> None:
-    cases = list(_undecidable(scratch, outside))
+    cases = list(_spellings(scratch, outside))
     plain = make_files(scratch / "many", 3000)
     c = make_cleaner(allowed_roots=[scratch])
     c.init_worker()
@@ -309,9 +382,11 @@ async def test_a_confined_cleaner_gives_the_same_outcome_on_both_paths(
     assert not (scratch / "real" / "victim").exists()
     assert (outside / "victim").exists()
     assert (scratch / "a-dir").is_dir() and (scratch / "plain-file").exists()
-    # Refused: the link out, the path outside, and "real/.." (it names the root's own
-    # entry in its parent). Errors: a file used as a directory, and the directory.
-    # Completed: the 3,000, and the five spellings of real/victim (one removes it).
+    # Refused: the link out, ".." out of the root, the path outside, and "real/.."
+    # (it names the root's own entry in its parent). Errors: the symlink loop, a file
+    # used as a directory, and the directory. Completed: the 3,000, the missing
+    # directory behind the link, the hidden victim and the six spellings of
+    # real/victim (one removes it).
     failed = {
         reason: registry.get_sample_value(
             "fastcleanup_failed_total",
@@ -319,7 +394,7 @@ async def test_a_confined_cleaner_gives_the_same_outcome_on_both_paths(
         )
         for reason in ("refused", "error")
     }
-    assert (stats.completed, failed) == (3006, {"refused": 3.0, "error": 2.0}), (stats, failed)
+    assert (stats.completed, failed) == (3008, {"refused": 4.0, "error": 3.0}), (stats, failed)
 
 
 async def test_a_burst_goes_to_the_lane_in_large_jobs(
