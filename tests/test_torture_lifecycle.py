@@ -43,11 +43,16 @@ from tests.torture_helpers import (
 
 
 def submit_paced(cleaner: fc.Cleaner, tasks: list[Any], stop: threading.Event) -> None:
-    """Submit ``tasks`` in chunks, sleeping a little between chunks (never spinning)."""
+    """Submit ``tasks`` in chunks, sleeping a little between chunks (never spinning).
+
+    The sleeps set the burst's length (at least 2 ms per 100 tasks), not the
+    speed of the cleaner or the GIL: the teardown test needs a burst that
+    outlasts half of its twenty loops.
+    """
     for k in range(0, len(tasks), 100):
         for t in tasks[k : k + 100]:
             cleaner.submit(t)
-        time.sleep(0.0005)
+        time.sleep(0.002)
         if stop.is_set():
             for t in tasks[k + 100 :]:
                 cleaner.submit(t)
