@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -340,6 +341,12 @@ done:
 #define SLOTS 256    /* parent cache slots per job (a power of two) */
 #define MAX_OPEN 128 /* parent descriptors held at once by one job */
 #define DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+/* Entries between two sched_yield() calls. Some unlinks hold a CPU in the
+ * kernel for milliseconds (directory lock spinning, freeing inodes); with a
+ * job on every core, a woken event loop thread then waits that long for a
+ * CPU whatever the lane threads' nice value. A yield this often costs one
+ * cheap syscall per YIELD_EVERY files and hands that thread the CPU. */
+#define YIELD_EVERY 32
 
 typedef struct JobObject {
     PyObject_HEAD
@@ -608,6 +615,9 @@ run_entries(JobObject *job)
             }
         }
         __atomic_store_n(&job->done, (int64_t)(k + 1), __ATOMIC_RELEASE);
+        if ((k + 1) % YIELD_EVERY == 0) {
+            sched_yield();
+        }
     }
     close_slots(table, &open_count);
     for (Py_ssize_t r = 0; r < job->nroots; r++) {
