@@ -11,7 +11,8 @@ Names under ``base`` (nothing else there is ever touched):
 * ``.fastcleanup-new-<pid>-<token>``: being created. The owner takes its
   lock under this name and only then renames it into place, so a directory
   never carries the in-use name without a held lock. The sweep leaves these
-  alone until they are older than ``GRACE`` seconds.
+  alone until they are older than ``GRACE`` seconds, and while their creator
+  holds a shared ``flock`` on the directory itself.
 * ``.fastcleanup-dead-<token>``: claimed by a sweeper, which renamed it so
   (one rename wins against the owner's rename and other sweepers) while
   holding an ``flock`` on the directory itself, and now removes it. One
@@ -53,9 +54,9 @@ def _token() -> str:
     return os.urandom(8).hex()
 
 
-def _try_lock(fd: int) -> bool:
+def _try_lock(fd: int, shared: bool = False) -> bool:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     return True
@@ -72,9 +73,11 @@ def create(base_fd: int, pid: int) -> tuple[str, int]:
 
     The lock is taken under the in-creation name, then the directory is
     renamed into place: there is no moment at which the in-use name exists
-    unlocked. A sweeper that claims the in-creation directory first (it is
-    older than ``GRACE``: this thread was stopped in between) makes the rename
-    fail, and we start again under a new name.
+    unlocked. Meanwhile a shared ``flock`` on the directory itself keeps
+    sweepers out, whose claim is that same lock taken exclusively. A sweeper
+    that claimed the directory first (it is older than ``GRACE``: this thread
+    was stopped in between) makes that lock or the rename fail, and we start
+    again under a new name without writing into the claimed directory.
     """
     for _ in range(_ATTEMPTS):
         token = _token()
@@ -83,6 +86,8 @@ def create(base_fd: int, pid: int) -> tuple[str, int]:
         dir_fd = lock_fd = None
         try:
             dir_fd = os.open(new, _DIR_FLAGS, dir_fd=base_fd)
+            if not _try_lock(dir_fd, shared=True):
+                continue  # claimed by a sweeper meanwhile; it removes that one
             lock_fd = os.open(LOCK, _LOCK_FLAGS | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd)
             if _try_lock(lock_fd):
                 os.rename(new, final, src_dir_fd=base_fd, dst_dir_fd=base_fd)

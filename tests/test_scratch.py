@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -356,6 +357,34 @@ def test_in_creation_directory_waits_for_the_grace_period(scratch: Path) -> None
     finally:
         os.close(fd)
     assert _sweep(scratch) == [stalled.name]  # its creator is gone now
+
+
+def test_a_sweep_during_creation_leaves_the_new_directory_to_its_creator(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sweep with no grace runs at the worst moment: the creator is about to
+    # make its lock file in its in-creation directory. Had the sweep claimed
+    # the directory, that lock file could land in it while the sweeper empties
+    # it (ENOTEMPTY for the sweeper), and the creator would need a second try.
+    monkeypatch.setattr(protocol, "GRACE", 0.0)
+    real_open = os.open
+    swept: list[str] = []
+    made: list[str] = []
+
+    def sweep_then_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if not made and path == protocol.LOCK and flags & os.O_CREAT:
+            made.extend(d.name for d in scratch.iterdir())
+            swept.extend(_sweep(scratch))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", sweep_then_open)
+    with fc.ScratchDir(scratch) as s:
+        monkeypatch.undo()
+        assert len(made) == 1 and made[0].startswith(".fastcleanup-new-")
+        assert swept == []  # left to its creator, whose first attempt won
+        assert s.path.name == made[0].replace(".fastcleanup-new-", "fastcleanup-")
+        assert _sweep(scratch) == []  # and once in use, its lock keeps it
+    assert scratch_dirs(scratch) == []
 
 
 def test_leftover_of_a_dead_sweeper_is_swept_and_a_live_sweeper_s_is_not(scratch: Path) -> None:
