@@ -23,6 +23,7 @@ from fastcleanup.bench.cli import (
     against_ceiling,
     compare_files,
     compiled_unlink,
+    fit_sizes,
     main,
     measure_calls,
     targets,
@@ -294,6 +295,37 @@ def test_main_plot_without_matplotlib_says_how_to_fix(
     monkeypatch.setattr(bench_cli, "_importable", lambda module: module != "matplotlib")
     assert main(["--quick", "--plot", str(tmp_path / "x.png")]) == 2
     assert "pip install 'fastcleanup[plot]'" in capsys.readouterr().err
+
+
+def test_fit_sizes_keeps_file_creation_within_the_budget() -> None:
+    bursts = (51, 21)
+    assert fit_sizes(3000, 1000, bursts, rate=50_000.0, budget=60.0) == (3000, 1000)
+    files, slow = fit_sizes(3000, 1000, bursts, rate=1_000.0, budget=60.0)
+    assert abs(files / 3000 - slow / 1000) < 0.01  # both shrink by one factor
+    assert 59.0 <= (bursts[0] * files + bursts[1] * slow) / 1_000.0 <= 60.0  # no more than that
+    assert fit_sizes(3000, 1000, bursts, rate=10.0, budget=60.0) == (500, 200)  # the floors
+    assert fit_sizes(300, 100, bursts, rate=10.0, budget=60.0) == (300, 100)  # never grows
+
+
+def test_main_on_a_slow_disk_shrinks_the_bursts_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setattr(bench_cli, "creation_rate", lambda parent=None: 400.0)
+    argv = ["--quick", "--only", "unlink-1-thread", *_SMALL[4:], "--dir", str(tmp_path)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    # --quick: 2,000 and 500 files, once per scenario with the one competitor.
+    files, slow = fit_sizes(2000, 500, (3, 1), 400.0, bench_cli.QUICK_CREATE_BUDGET)
+    assert files < 2000 and slow < 500
+    assert f"creates about 400 files/s; bursts of {files:,} files ({slow:,}" in captured.err
+    assert "one-dir: one directory; RemoveFile bursts" in captured.out
+    assert f"{files:,}" in captured.out.split("\none-dir: ")[1].split("\n\n")[0]
+    assert f"{slow:,}" in captured.out.split("\nper-file: ")[1].split("\n\n")[0]
+    # Sizes asked for are never changed.
+    assert main([*argv, "--files", "700"]) == 0
+    captured = capsys.readouterr()
+    assert "files/s; bursts of" not in captured.err
+    assert "700" in captured.out.split("\none-dir: ")[1].split("\n\n")[0]
 
 
 def test_main_rejects_a_size_below_one(capsys: pytest.CaptureFixture[str]) -> None:

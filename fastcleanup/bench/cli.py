@@ -40,6 +40,7 @@ from .harness import (
     BurstSession,
     Competitor,
     Measurement,
+    creation_rate,
     default_loop,
     make_files,
     run_files,
@@ -56,6 +57,7 @@ __all__ = [
     "compare_calls",
     "compare_files",
     "compiled_unlink",
+    "fit_sizes",
     "main",
     "measure_calls",
     "measure_files",
@@ -166,6 +168,34 @@ def _rotated(names: Sequence[str], by: int) -> list[str]:
 
 
 Progress = Callable[[Measurement], None]
+
+# Seconds of file creation a run without --files/--slow-files may spend. On a
+# disk that creates only ~1,000 files/s the default sizes alone would take
+# three minutes; the bursts shrink instead (never below the floors).
+CREATE_BUDGET = 60.0
+QUICK_CREATE_BUDGET = 15.0
+MIN_FILES, MIN_SLOW_FILES = 500, 200
+
+
+def fit_sizes(
+    n_files: int, n_slow: int, bursts: tuple[int, int], rate: float, budget: float
+) -> tuple[int, int]:
+    """Burst sizes whose file creation fits ``budget`` seconds at ``rate`` files/s.
+
+    ``bursts`` counts the fast and the per-file bursts of the run. Both sizes
+    shrink by the same factor, to no less than the floors (or the size asked).
+
+    >>> fit_sizes(3000, 1000, (50, 20), rate=1000.0, budget=60.0)
+    (1058, 352)
+    """
+    needed = (bursts[0] * n_files + bursts[1] * n_slow) / rate
+    if needed <= budget:
+        return n_files, n_slow
+    factor = budget / needed
+    return (
+        max(min(n_files, MIN_FILES), int(n_files * factor)),
+        max(min(n_slow, MIN_SLOW_FILES), int(n_slow * factor)),
+    )
 
 
 def compare_files(
@@ -608,6 +638,21 @@ def main(argv: list[str] | None = None) -> int:
     # to it (allowed_roots) then walks one component per file in every scenario.
     base = tempfile.mkdtemp(prefix="fastcleanup-bench-", dir=args.dir)
     try:
+        if args.files is None and args.slow_files is None:
+            plan = [(sc.slow, sum(n in file_names for n in sc.names) * repeat) for sc in scenarios]
+            counts = (sum(k for slow, k in plan if not slow), sum(k for slow, k in plan if slow))
+            rate = creation_rate(base)
+            budget = QUICK_CREATE_BUDGET if quick else CREATE_BUDGET
+            fitted = fit_sizes(n_files, n_slow, counts, rate, budget)
+            if fitted != (n_files, n_slow):
+                n_files, n_slow = fitted
+                print(
+                    f"fastcleanup bench: this directory creates about {rate:,.0f} files/s; "
+                    f"bursts of {n_files:,} files ({n_slow:,} for the per-file designs) keep "
+                    f"the setup near {budget:.0f} s (--files and --slow-files set the sizes)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         idle = measure_idle(200 if quick else 1000, loop=loop)
         bursts: dict[str, dict[str, Measurement]] = {}
         for sc in scenarios:

@@ -40,6 +40,7 @@ __all__ = [
     "Competitor",
     "FileSet",
     "Measurement",
+    "creation_rate",
     "default_loop",
     "loop_factory",
     "make_files",
@@ -156,6 +157,15 @@ def make_files(n: int, parent: str | None = None, dirs: int = 1) -> FileSet:
         raise
     os.sync()
     return FileSet(tuple(made), paths)
+
+
+def creation_rate(parent: str | None = None, n: int = 300) -> float:
+    """Files per second that ``make_files`` creates under ``parent`` right now."""
+    clock = time.perf_counter
+    start = clock()
+    with make_files(n, parent):
+        seconds = clock() - start
+    return n / max(seconds, 1e-9)
 
 
 # -- results -------------------------------------------------------------------------
