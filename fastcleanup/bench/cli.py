@@ -646,10 +646,12 @@ def main(argv: list[str] | None = None) -> int:
             fitted = fit_sizes(n_files, n_slow, counts, rate, budget)
             if fitted != (n_files, n_slow):
                 n_files, n_slow = fitted
+                elsewhere = " or --dir a tmpfs such as /dev/shm" if args.dir is None else ""
                 print(
                     f"fastcleanup bench: this directory creates about {rate:,.0f} files/s; "
                     f"bursts of {n_files:,} files ({n_slow:,} for the per-file designs) keep "
-                    f"the setup near {budget:.0f} s (--files and --slow-files set the sizes)",
+                    f"the setup near {budget:.0f} s; such small bursts are noisy (--files and "
+                    f"--slow-files set the sizes{elsewhere})",
                     file=sys.stderr,
                     flush=True,
                 )
