@@ -1,4 +1,7 @@
-"""Build the optional C bulk unlink; all metadata lives in pyproject.toml.
+"""Build the optional C module; all metadata lives in pyproject.toml.
+
+``fastcleanup._cbulk`` holds the bulk unlink, the file lane's jobs and
+pool (``_cbulk.c``) and the C build of ``RemoveFile`` (``_ctask.c``).
 
 ``optional=True``: where the extension cannot be built (no C compiler, no
 Python headers, no ``unlinkat``) the install still succeeds and fastcleanup
@@ -13,7 +16,7 @@ setup(
     ext_modules=[
         Extension(
             "fastcleanup._cbulk",
-            ["fastcleanup/_cbulk.c"],
+            ["fastcleanup/_cbulk.c", "fastcleanup/_ctask.c"],
             optional=True,
             # Windows has neither unlinkat nor the GCC atomics.
         )

@@ -1186,31 +1186,14 @@ static PyTypeObject Pool_Type = {
     .tp_new = Pool_new,
 };
 
-PyDoc_STRVAR(untrack_doc,
-"untrack(obj) -> None\n"
-"\n"
-"Stop the cyclic garbage collector from tracking obj (no-op if untracked).\n"
-"\n"
-"Only for objects that can never be part of a reference cycle: a RemoveFile\n"
-"holds nothing but its str or bytes path, which refers to nothing, so no\n"
-"cycle can pass through it and reference counting alone frees it. Untracked,\n"
-"a burst of 100k of them no longer lengthens every full collection.");
-
-static PyObject *
-untrack(PyObject *Py_UNUSED(module), PyObject *obj)
-{
-    if (PyObject_IS_GC(obj) && PyObject_GC_IsTracked(obj)) {
-        PyObject_GC_UnTrack(obj);
-    }
-    Py_RETURN_NONE;
-}
 
 static PyMethodDef cbulk_methods[] = {
     {"unlinkat_many", (PyCFunction)(void (*)(void))unlinkat_many,
      METH_VARARGS | METH_KEYWORDS, unlinkat_many_doc},
-    {"untrack", untrack, METH_O, untrack_doc},
     {NULL, NULL, 0, NULL},
 };
+
+int add_remove_file(PyObject *module); /* _ctask.c */
 
 static int
 cbulk_exec(PyObject *module)
@@ -1223,7 +1206,7 @@ cbulk_exec(PyObject *module)
         PyModule_AddIntConstant(module, "REFUSED", REFUSED_CODE) < 0) {
         return -1;
     }
-    return 0;
+    return add_remove_file(module);
 }
 
 static PyModuleDef_Slot cbulk_slots[] = {
@@ -1236,9 +1219,10 @@ PyDoc_STRVAR(cbulk_doc,
 "\n"
 "unlinkat_many() removes a list of names and releases the GIL once per\n"
 "chunk rather than once per file, so unlink threads keep going while the\n"
-"event-loop thread runs Python. untrack() takes cycle-free task objects\n"
-"out of the garbage collector's lists. Import fastcleanup._unlink, which\n"
-"falls back to pure Python when this module is missing.");
+"event-loop thread runs Python; Job and Pool run file jobs with no GIL at\n"
+"all. RemoveFile is the task type of fastcleanup._tasks, built in C.\n"
+"Import fastcleanup._unlink and fastcleanup._tasks, which fall back to\n"
+"pure Python when this module is missing.");
 
 static struct PyModuleDef cbulk_module = {
     PyModuleDef_HEAD_INIT,

@@ -36,7 +36,6 @@ __all__ = [
     "SKIP",
     "pure_unlinkat_many",
     "unlinkat_many",
-    "untrack",
     "use_compiled",
 ]
 
@@ -141,17 +140,12 @@ def pure_unlinkat_many(
     return failures
 
 
-def _no_untrack(obj: object) -> None:
-    """Without the C module objects stay GC-tracked; nothing else changes."""
-
-
 def _pure_requested() -> bool:
     return os.environ.get("FASTCLEANUP_PURE_PYTHON", "") not in ("", "0")
 
 
 COMPILED = False
 unlinkat_many = pure_unlinkat_many
-untrack = _no_untrack
 if not _pure_requested():
     try:
         from . import _cbulk
@@ -160,7 +154,6 @@ if not _pure_requested():
     else:
         COMPILED = True
         unlinkat_many = _cbulk.unlinkat_many
-        untrack = _cbulk.untrack
 
 # What os.unlink is when nobody has replaced it; os.unlink *is* this function.
 _REAL_UNLINK = getattr(__import__(os.name), "unlink", None)

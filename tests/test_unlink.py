@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import array
 import errno
-import gc
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -324,28 +323,13 @@ def test_ten_thousand_files_in_a_hundred_directories(unlink: Unlink, scratch: Pa
     assert all(not any((scratch / f"d{d:03d}").iterdir()) for d in range(100))
 
 
-@pytest.mark.skipif(_cbulk is None, reason="fastcleanup._cbulk was not built")
-def test_untrack_takes_a_remove_file_out_of_the_collector(scratch: Path) -> None:
-    class Mine(fc.RemoveFile):  # a plain RemoveFile is untracked already, a subclass is not
-        pass
-
-    task = Mine(scratch / "x")
-    assert gc.is_tracked(task)
-    _cbulk.untrack(task)
-    assert not gc.is_tracked(task)
-    _cbulk.untrack(task)  # twice is fine
-    _cbulk.untrack(7)  # never tracked: a no-op
-    assert not gc.is_tracked(task)
-    assert task.path == str(scratch / "x")
-
-
 def test_the_module_picks_the_compiled_path_when_built() -> None:
     expected = _cbulk is not None and not _unlink._pure_requested()
     assert _unlink.COMPILED is expected
     if _unlink.COMPILED:
         assert _cbulk is not None
         assert _unlink.unlinkat_many is _cbulk.unlinkat_many
-        assert _unlink.untrack is _cbulk.untrack
+        assert cast(object, fc.RemoveFile) is _cbulk.RemoveFile
         assert _unlink.use_compiled()
 
 
@@ -390,9 +374,11 @@ assert u.COMPILED is (not want), u.COMPILED
 if want:
     assert u.unlinkat_many is u.pure_unlinkat_many
     assert not u.use_compiled()
-    task = fc.RemoveFile("x")
-    u.untrack(task)
-    assert gc.is_tracked(task)
+    import fastcleanup._tasks as t
+    assert fc.RemoveFile is t.PurePythonRemoveFile
+    assert gc.is_tracked(fc.RemoveFile("x"))
+else:
+    assert not gc.is_tracked(fc.RemoveFile("x"))
 open("victim", "w").close()
 assert u.unlinkat_many(None, ["victim"], array.array("q", [0, 0])) == []
 assert not os.path.exists("victim")
