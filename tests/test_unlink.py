@@ -379,6 +379,9 @@ if want:
     assert gc.is_tracked(fc.RemoveFile("x"))
 else:
     assert not gc.is_tracked(fc.RemoveFile("x"))
+import copy, pickle
+task = fc.RemoveFile("x")
+assert pickle.loads(pickle.dumps(task)).path == copy.copy(task).path == "x"
 open("victim", "w").close()
 assert u.unlinkat_many(None, ["victim"], array.array("q", [0, 0])) == []
 assert not os.path.exists("victim")
