@@ -1194,6 +1194,7 @@ static PyMethodDef cbulk_methods[] = {
 };
 
 int add_remove_file(PyObject *module); /* _ctask.c */
+int add_call(PyObject *module);        /* _ctask.c */
 
 static int
 cbulk_exec(PyObject *module)
@@ -1206,7 +1207,7 @@ cbulk_exec(PyObject *module)
         PyModule_AddIntConstant(module, "REFUSED", REFUSED_CODE) < 0) {
         return -1;
     }
-    return add_remove_file(module);
+    return add_remove_file(module) < 0 ? -1 : add_call(module);
 }
 
 static PyModuleDef_Slot cbulk_slots[] = {

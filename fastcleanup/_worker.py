@@ -110,7 +110,7 @@ class BatchWorker(Accounts):
         try:
             cls = type(task)
             if cls is Call:  # skip one coroutine frame on the commonest custom cleanup
-                await task.fn(*task.args, **task.kwargs)
+                await task._call()
             elif cls is RemoveTree or (issubclass(cls, RemoveTree) and cls.run is RemoveTree.run):
                 await batch.loop.run_in_executor(
                     self._executor, remove_tree_confined, task.path, self._roots
