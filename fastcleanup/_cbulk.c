@@ -1193,8 +1193,7 @@ static PyMethodDef cbulk_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int add_remove_file(PyObject *module); /* _ctask.c */
-int add_call(PyObject *module);        /* _ctask.c */
+int add_task_types(PyObject *module); /* _ctask.c: RemoveFile and Call */
 
 static int
 cbulk_exec(PyObject *module)
@@ -1207,7 +1206,7 @@ cbulk_exec(PyObject *module)
         PyModule_AddIntConstant(module, "REFUSED", REFUSED_CODE) < 0) {
         return -1;
     }
-    return add_remove_file(module) < 0 ? -1 : add_call(module);
+    return add_task_types(module);
 }
 
 static PyModuleDef_Slot cbulk_slots[] = {

@@ -1,14 +1,15 @@
-/* fastcleanup._cbulk.RemoveFile: the task object of a burst, built in C.
+/* fastcleanup._cbulk.RemoveFile and .Call: the task objects of a burst, built in C.
  *
  * A producer makes one RemoveFile per file. The pure-Python class costs a
  * frame per construction and, like every instance of a class statement,
  * its instances carry a garbage-collector header: each one is counted as
  * an allocation of the youngest generation, so 100,000 of them set off
  * some 140 collections, one of them full, even if each is untracked at
- * once. This type holds one path and has no collector header, so it costs
- * neither. It checks its path as the Python class does; fastcleanup._tasks
- * copies kind, run, __repr__, __doc__ and __slots__ onto it from that
- * class, which stays the fallback when this module is not built.
+ * once. This RemoveFile holds one path and has no collector header, so it
+ * costs neither. It checks its path as the Python class does;
+ * fastcleanup._tasks copies kind, run, __repr__, __doc__ and __slots__ onto
+ * it from that class, which stays the fallback when this module is not
+ * built. Call, below, is the same idea for the commonest custom cleanup.
  *
  * A Python subclass is a class statement again: tracked, with its own
  * __init__ if it wants one (super().__init__(path) lands in RemoveFile_init).
@@ -162,22 +163,6 @@ static PyType_Spec RemoveFile_spec = {
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .slots = RemoveFile_slots,
 };
-
-int
-add_remove_file(PyObject *module)
-{
-    PyObject *type = PyType_FromSpec(&RemoveFile_spec);
-    if (type == NULL) {
-        return -1;
-    }
-    /* No spec slot sets it before Python 3.14; the field is public. */
-    ((PyTypeObject *)type)->tp_vectorcall = RemoveFile_vectorcall;
-    if (PyModule_AddObject(module, "RemoveFile", type) < 0) {
-        Py_DECREF(type);
-        return -1;
-    }
-    return 0;
-}
 
 /* ---- Call: fn and its arguments in one object -----------------------------
  *
@@ -390,17 +375,28 @@ static PyType_Spec Call_spec = {
     .slots = Call_slots,
 };
 
-int
-add_call(PyObject *module)
+/* Create one task type; the module's name for it is its spec's last part. */
+static int
+add_type(PyObject *module, PyType_Spec *spec, vectorcallfunc call)
 {
-    PyObject *type = PyType_FromSpec(&Call_spec);
+    PyObject *type = PyType_FromSpec(spec);
     if (type == NULL) {
         return -1;
     }
-    ((PyTypeObject *)type)->tp_vectorcall = Call_vectorcall;
-    if (PyModule_AddObject(module, "Call", type) < 0) {
+    /* No spec slot sets it before Python 3.14; the field is public. */
+    ((PyTypeObject *)type)->tp_vectorcall = call;
+    if (PyModule_AddObject(module, strrchr(spec->name, '.') + 1, type) < 0) {
         Py_DECREF(type);
         return -1;
     }
     return 0;
+}
+
+int
+add_task_types(PyObject *module)
+{
+    if (add_type(module, &RemoveFile_spec, RemoveFile_vectorcall) < 0) {
+        return -1;
+    }
+    return add_type(module, &Call_spec, Call_vectorcall);
 }
