@@ -84,6 +84,29 @@ RemoveFile_init(PyObject *self, PyObject *args, PyObject *kwargs)
     return 0;
 }
 
+/* The keyword arguments of a vectorcall as a new dict in *out, or NULL
+ * when there are none; -1 with an exception set on failure. */
+static int
+keywords_of(PyObject *kwnames, PyObject *const *values, PyObject **out)
+{
+    *out = NULL;
+    if (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0) {
+        return 0;
+    }
+    PyObject *kw = PyDict_New();
+    if (kw == NULL) {
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+        if (PyDict_SetItem(kw, PyTuple_GET_ITEM(kwnames, i), values[i]) < 0) {
+            Py_DECREF(kw);
+            return -1;
+        }
+    }
+    *out = kw;
+    return 0;
+}
+
 /* RemoveFile(path) on the type itself (never a subclass: tp_vectorcall is
  * not inherited): no argument tuple, no tp_new and tp_init round trip. */
 static PyObject *
@@ -91,31 +114,21 @@ RemoveFile_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyOb
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
-        /* Keywords, or a wrong count: the general call says what is wrong. */
-        PyTypeObject *tp = (PyTypeObject *)type;
-        PyObject *self = tp->tp_alloc(tp, 0);
-        if (self == NULL) {
+        /* Keywords, or a wrong count: the general call, which says what is wrong. */
+        PyObject *kwargs, *tuple = PyTuple_New(nargs);
+        if (tuple == NULL) {
             return NULL;
         }
-        PyObject *tuple = PyTuple_New(nargs);
-        PyObject *kwargs = NULL;
-        int ok = tuple != NULL;
-        for (Py_ssize_t i = 0; ok && i < nargs; i++) {
+        for (Py_ssize_t i = 0; i < nargs; i++) {
             PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
         }
-        if (ok && kwnames != NULL) {
-            kwargs = PyDict_New();
-            ok = kwargs != NULL;
-            for (Py_ssize_t i = 0; ok && i < PyTuple_GET_SIZE(kwnames); i++) {
-                ok = PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) == 0;
-            }
+        if (keywords_of(kwnames, args + nargs, &kwargs) < 0) {
+            Py_DECREF(tuple);
+            return NULL;
         }
-        ok = ok && RemoveFile_init(self, tuple, kwargs) == 0;
-        Py_XDECREF(tuple);
+        PyObject *self = PyType_Type.tp_call(type, tuple, kwargs);
+        Py_DECREF(tuple);
         Py_XDECREF(kwargs);
-        if (!ok) {
-            Py_CLEAR(self);
-        }
         return self;
     }
     PyObject *path = checked_path(args[0]);
@@ -248,18 +261,9 @@ static PyObject *
 Call_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    PyObject *kw = NULL;
-    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) {
-        kw = PyDict_New();
-        if (kw == NULL) {
-            return NULL;
-        }
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
-            if (PyDict_SetItem(kw, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
-                Py_DECREF(kw);
-                return NULL;
-            }
-        }
+    PyObject *kw;
+    if (keywords_of(kwnames, args + nargs, &kw) < 0) {
+        return NULL;
     }
     PyObject *self = new_call((PyTypeObject *)type, args, nargs, kw);
     if (self == NULL) {
