@@ -16,7 +16,7 @@ from typing import Any, Final
 from ._paths import FileJob, Roots, UnlinkJob
 from ._tasks import KINDS, RemoveFile, RemoveTree, current_executor
 
-__all__ = ["DONE", "SYNC_AT_EXIT", "Batch", "InProgress", "Requeued", "classify", "path_of"]
+__all__ = ["DONE", "Batch", "InProgress", "Requeued", "classify", "path_of", "sync_at_exit"]
 
 DONE: Final = object()  # marks a finished slot in a batch (a task itself may be None)
 path_of = attrgetter("path")
@@ -97,7 +97,24 @@ class InProgress:
         return f"{self.task!r} (in progress when its loop died)"
 
 
-SYNC_AT_EXIT: Final = (RemoveFile, RemoveTree, InProgress)  # run synchronously at exit
+def sync_at_exit(task: object) -> type | None:
+    """The built-in class whose removal ``task`` is, if it can run synchronously at exit.
+
+    ``RemoveFile``, ``RemoveTree`` (or a subclass that keeps their ``run``,
+    as the worker treats it) or ``InProgress``; None for anything else,
+    whose ``run()`` needs a loop. Never raises: it runs in the exit handler.
+    """
+    cls = type(task)
+    if cls is InProgress:
+        return InProgress
+    try:
+        for base in (RemoveFile, RemoveTree):
+            # issubclass on the real type: isinstance would ask the object's __class__.
+            if cls is base or (issubclass(cls, base) and cls.run is base.run):
+                return base
+    except Exception:  # a hostile metaclass
+        pass
+    return None
 
 
 def classify(tasks: list[Any]) -> tuple[Collection[int], str | None]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ._batch import SYNC_AT_EXIT, InProgress, Requeued
+from ._batch import InProgress, Requeued, sync_at_exit
 from ._dispatcher import Dispatcher
 from ._intake import PUT, State
 from ._paths import Refused, UnlinkJob, remove_tree_confined
@@ -76,11 +76,11 @@ class Handback(Dispatcher):
                 tally.take(kind)
             if kind == INVALID:
                 tally.fail(kind, "invalid")
-            elif type(task) in SYNC_AT_EXIT and time.monotonic() < deadline:
+            elif (base := sync_at_exit(task)) is not None and time.monotonic() < deadline:
                 try:
-                    if type(task) is InProgress:
+                    if base is InProgress:
                         task.settle(max(0.0, deadline - time.monotonic()))
-                    elif type(task) is RemoveTree:
+                    elif base is RemoveTree:
                         remove_tree_confined(task.path, self._roots)
                     else:
                         job = UnlinkJob([task.path], self._roots)

@@ -442,8 +442,9 @@ posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.timeout(120)
 def test_exit_with_pending_work(scratch: Path, kind: str) -> None:
     """asyncio.run returns without shutdown(): at exit the queued file and tree
-    removals run synchronously; other tasks are counted as dropped at exit; a
-    submit that comes after fastcleanup's exit hook is dropped at exit too."""
+    removals run synchronously (subclasses that keep the built-in run() too);
+    other tasks are counted as dropped at exit; a submit that comes after
+    fastcleanup's exit hook is dropped at exit too."""
     # The dispatcher may hand out max_batches jobs of 1,024 files before the
     # loop dies, and the compiled lane needs no GIL to run them meanwhile: far
     # more files than that are needed for most to be pending at exit.
@@ -454,10 +455,23 @@ def test_exit_with_pending_work(scratch: Path, kind: str) -> None:
         (scratch / f"tree{t}" / "sub" / "leaf").write_bytes(b"x")
     (scratch / "early").write_bytes(b"x")  # submitted by an atexit hook before fastcleanup's
     (scratch / "late").write_bytes(b"x")  # submitted by an atexit hook after fastcleanup's
+    (scratch / "sub-file").write_bytes(b"x")  # a plain RemoveFile subclass
+    (scratch / "sub-tree" / "leaf").mkdir(parents=True)  # a plain RemoveTree subclass
+    (scratch / "own-run").write_bytes(b"x")  # a subclass with a run() of its own
     proc = run_child(
         """
         async def later():
             pass
+
+        class MyFile(fc.RemoveFile):
+            pass
+
+        class MyTree(fc.RemoveTree):
+            pass
+
+        class OwnRun(fc.RemoveFile):
+            async def run(self):
+                os.unlink(self.path)
 
         async def main():
             fc.init_worker()
@@ -467,6 +481,9 @@ def test_exit_with_pending_work(scratch: Path, kind: str) -> None:
                     fc.submit(fc.RemoveTree(path))
                 elif name.startswith("e") and name != "early":
                     fc.submit(fc.RemoveFile(path))
+            fc.submit(MyFile(os.path.join(SCRATCH, "sub-file")))
+            fc.submit(MyTree(os.path.join(SCRATCH, "sub-tree")))
+            fc.submit(OwnRun(os.path.join(SCRATCH, "own-run")))  # its run() needs a loop
             for _ in range(30):
                 fc.submit(fc.Call(later))  # not a removal: cannot run without a loop
             fc.submit("not a task")  # failed, reason invalid
@@ -487,13 +504,14 @@ def test_exit_with_pending_work(scratch: Path, kind: str) -> None:
     assert stats is not None, out + err
     pending = int(out.split("PENDING ")[1].split()[0])
     assert pending > 10_000, out  # most of it was still pending when main() returned
-    assert os.listdir(scratch) == ["late"]  # every file and tree but the late one: gone
+    # Every file and tree but the late one and the one whose own run() needs a loop: gone.
+    assert sorted(os.listdir(scratch)) == ["late", "own-run"]
     assert stats == {
-        "submitted": 20_053,
+        "submitted": 20_056,
         "dropped_before_init": 0,
-        "completed": 20_021,  # 20,000 files, 20 trees and the early one
+        "completed": 20_023,  # 20,000 files, 20 trees, the early one and two subclasses
         "failed": 1,  # "not a task"
-        "dropped_at_exit": 31,  # 30 calls and the late one
+        "dropped_at_exit": 32,  # 30 calls, the own run() and the late one
         "queued": 0,
         "in_flight": 0,
     }
