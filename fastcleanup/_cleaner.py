@@ -224,8 +224,16 @@ class Cleaner(Handback):
         await self.shutdown()
 
     def _worker_alive(self) -> bool:
+        # A loop stopped but not closed (run_until_complete returned) runs no
+        # dispatcher either: submits pile up, and worker_up must say so.
         loop, task = self._dispatcher_loop, self._dispatcher
-        return loop is not None and not loop.is_closed() and task is not None and not task.done()
+        return (
+            loop is not None
+            and loop.is_running()
+            and not loop.is_closed()
+            and task is not None
+            and not task.done()
+        )
 
     def _gauges(self) -> tuple[int, int, bool]:
         return len(self._queue), self.in_flight, self._worker_alive()

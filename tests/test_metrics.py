@@ -70,6 +70,40 @@ async def test_every_metric_of_the_contract_is_exported(
     assert 'fastcleanup_worker_up{cleaner="crawler"} 0.0' in generate_latest(registry).decode()
 
 
+@pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_worker_up_is_0_while_the_loop_is_stopped(
+    registry: CollectorRegistry, use_uvloop: bool
+) -> None:
+    """A loop that stopped without closing runs no dispatcher: the WorkerDown alert must see it."""
+    if use_uvloop:
+        uvloop = pytest.importorskip("uvloop")
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    cleaner = fc.Cleaner(name="paused", registry=registry)
+    up = 'fastcleanup_worker_up{cleaner="paused"}'
+
+    async def start() -> str:
+        cleaner.init_worker()
+        await asyncio.sleep(0)
+        return generate_latest(registry).decode()
+
+    try:
+        assert f"{up} 1.0" in loop.run_until_complete(start())
+        cleaner.submit(fc.Call(asyncio.sleep, 0))  # piles up: nothing runs it
+        assert cleaner.stats().queued == 1
+        assert f"{up} 0.0" in generate_latest(registry).decode()
+
+        async def resume() -> str:
+            assert await cleaner.drain(timeout=5)
+            return generate_latest(registry).decode()
+
+        assert f"{up} 1.0" in loop.run_until_complete(resume())
+        loop.run_until_complete(cleaner.shutdown())
+    finally:
+        loop.close()
+
+
 def test_cleaners_share_a_registry_by_name(registry: CollectorRegistry) -> None:
     kept = [fc.Cleaner(name="a", registry=registry), fc.Cleaner(name="b", registry=registry)]
     text = generate_latest(registry).decode()
