@@ -720,4 +720,6 @@ def test_ctrl_c_inside_a_cleanup_loses_nothing(scratch: Path, kind: str) -> None
     assert existing(files) == []
     assert stats["queued"] == stats["in_flight"] == 0, stats
     assert stats["completed"] == 300, stats
+    # The interrupted cleanup itself ran and failed: counted once, not requeued.
+    assert stats["failed"] == 1 and stats["dropped_at_exit"] == 0, stats
     assert stats["submitted"] == stats["completed"] + stats["failed"] + stats["dropped_at_exit"]
