@@ -1,3 +1,8 @@
+import ast
+import inspect
+import re
+from pathlib import Path
+
 import fastcleanup as fc
 
 
@@ -15,3 +20,19 @@ def test_metrics_module_names_are_pinned() -> None:
     assert sorted(fc.metrics.__all__) == [
         "MetricsServer", "aiohttp_handler", "asgi_app", "register", "serve",
     ]  # fmt: skip
+
+
+def test_readme_states_the_real_defaults() -> None:
+    """README's ``fc.Cleaner(...)`` block and shutdown() timeout are the real defaults."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("fc.Cleaner(\n", 1)[1].split("\n)", 1)[0]
+    stated = dict(re.findall(r"^\s+(\w+)=([^,]+),", block, re.M))
+    params = inspect.signature(fc.Cleaner).parameters
+    assert set(stated) == set(params)
+    for name, text in stated.items():
+        if name == "registry":  # README names the sentinel's meaning: the global REGISTRY
+            continue
+        assert params[name].default == ast.literal_eval(text), name
+    for shutdown in (fc.shutdown, fc.Cleaner.shutdown):
+        assert inspect.signature(shutdown).parameters["timeout"].default == 10
+    assert "fc.shutdown(timeout=10)" in readme
