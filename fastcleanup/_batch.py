@@ -16,7 +16,16 @@ from typing import Any, Final
 from ._paths import FileJob, Roots, UnlinkJob
 from ._tasks import KINDS, RemoveFile, RemoveTree, current_executor
 
-__all__ = ["DONE", "Batch", "InProgress", "Requeued", "classify", "path_of", "sync_at_exit"]
+__all__ = [
+    "DONE",
+    "Batch",
+    "InProgress",
+    "Requeued",
+    "classify",
+    "path_of",
+    "plain_removal",
+    "sync_at_exit",
+]
 
 DONE: Final = object()  # marks a finished slot in a batch (a task itself may be None)
 path_of = attrgetter("path")
@@ -97,24 +106,32 @@ class InProgress:
         return f"{self.task!r} (in progress when its loop died)"
 
 
-def sync_at_exit(task: object) -> type | None:
-    """The built-in class whose removal ``task`` is, if it can run synchronously at exit.
+def plain_removal(cls: type) -> type | None:
+    """``RemoveFile`` or ``RemoveTree`` when ``cls`` is one, or a subclass that keeps its ``run``.
 
-    ``RemoveFile``, ``RemoveTree`` (or a subclass that keeps their ``run``,
-    as the worker treats it) or ``InProgress``; None for anything else,
-    whose ``run()`` needs a loop. Never raises: it runs in the exit handler.
+    Such tasks are run by the built-in removal (one job for a batch's files,
+    confined like the rest); any other ``run()`` is the task's own. Takes the
+    real type: isinstance would ask a hostile object's own ``__class__``.
+    """
+    for base in (RemoveFile, RemoveTree):
+        if cls is base or (issubclass(cls, base) and cls.run is base.run):
+            return base
+    return None
+
+
+def sync_at_exit(task: object) -> type | None:
+    """What runs ``task`` synchronously at exit: ``InProgress``, a plain removal, or None.
+
+    None for anything whose ``run()`` needs a loop. Never raises: it runs
+    in the exit handler.
     """
     cls = type(task)
     if cls is InProgress:
         return InProgress
     try:
-        for base in (RemoveFile, RemoveTree):
-            # issubclass on the real type: isinstance would ask the object's __class__.
-            if cls is base or (issubclass(cls, base) and cls.run is base.run):
-                return base
+        return plain_removal(cls)
     except Exception:  # a hostile metaclass
-        pass
-    return None
+        return None
 
 
 def classify(tasks: list[Any]) -> tuple[Collection[int], str | None]:

@@ -16,7 +16,7 @@ from collections.abc import Collection
 from typing import Any
 
 from ._accounts import Accounts
-from ._batch import DONE, Batch, InProgress, classify, path_of
+from ._batch import DONE, Batch, InProgress, classify, path_of, plain_removal
 from ._executor import DaemonExecutor
 from ._lane import FileLane, LaneJob
 from ._paths import FileJob, Refused, UnlinkJob, remove_tree_confined
@@ -89,11 +89,7 @@ class BatchWorker(Accounts):
             cls = type(task)
             try:
                 kind = KINDS.get(cls) or kind_or_invalid(task)
-                # issubclass on the real type: isinstance would consult a
-                # hostile object's own __class__.
-                is_file = cls is RemoveFile or (
-                    issubclass(cls, RemoveFile) and cls.run is RemoveFile.run
-                )
+                is_file = plain_removal(cls) is RemoveFile
             except Exception:  # a type whose metaclass raises from __hash__, say
                 kind, is_file = INVALID, False
             if i not in retaken and cls is not InProgress:
@@ -111,7 +107,7 @@ class BatchWorker(Accounts):
             cls = type(task)
             if cls is Call:  # skip one coroutine frame on the commonest custom cleanup
                 await task._call()
-            elif cls is RemoveTree or (issubclass(cls, RemoveTree) and cls.run is RemoveTree.run):
+            elif plain_removal(cls) is RemoveTree:
                 await batch.loop.run_in_executor(
                     self._executor, remove_tree_confined, task.path, self._roots
                 )
