@@ -9,7 +9,7 @@ they are not counted twice) or, for a file whose unlink was under way, as
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from operator import attrgetter
 from typing import Any, Final
 
@@ -18,6 +18,7 @@ from ._tasks import KINDS, RemoveFile, RemoveTree, current_executor
 
 __all__ = [
     "DONE",
+    "EXIT_RUNNERS",
     "Batch",
     "InProgress",
     "Requeued",
@@ -29,6 +30,10 @@ __all__ = [
 
 DONE: Final = object()  # marks a finished slot in a batch (a task itself may be None)
 path_of = attrgetter("path")
+# Private task kinds that can also run without a loop, at interpreter exit:
+# their synchronous run (given the seconds left), by exact type. A
+# ScratchDir's release registers here.
+EXIT_RUNNERS: Final[dict[type, Callable[[Any, float], None]]] = {}
 
 
 class Batch:
@@ -122,12 +127,12 @@ def plain_removal(cls: type) -> type | None:
 def sync_at_exit(task: object) -> type | None:
     """What runs ``task`` synchronously at exit: ``InProgress``, a plain removal, or None.
 
-    None for anything whose ``run()`` needs a loop. Never raises: it runs
-    in the exit handler.
+    Also the type itself for a kind in ``EXIT_RUNNERS``. None for anything
+    whose ``run()`` needs a loop. Never raises: it runs in the exit handler.
     """
     cls = type(task)
-    if cls is InProgress:
-        return InProgress
+    if cls is InProgress or cls in EXIT_RUNNERS:
+        return cls
     try:
         return plain_removal(cls)
     except Exception:  # a hostile metaclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ._batch import InProgress, Requeued, sync_at_exit
+from ._batch import EXIT_RUNNERS, InProgress, Requeued, sync_at_exit
 from ._dispatcher import Dispatcher
 from ._intake import PUT, State
 from ._paths import Refused, UnlinkJob, remove_tree_confined
@@ -50,7 +50,10 @@ class Handback(Dispatcher):
         return self._dispatcher_loop is not loop
 
     def _run_at_exit(self, deadline: float) -> None:
-        """Run queued file and tree removals synchronously; count the rest as dropped."""
+        """Run queued file and tree removals synchronously; count the rest as dropped.
+
+        Scratch directories closed while the cleaner ran are among them.
+        """
         self._state = State.EXITED
         self._hot[PUT] = self._refuse
         if not self._stop_live_dispatcher(deadline):
@@ -80,6 +83,8 @@ class Handback(Dispatcher):
                 try:
                     if base is InProgress:
                         task.settle(max(0.0, deadline - time.monotonic()))
+                    elif base in EXIT_RUNNERS:
+                        EXIT_RUNNERS[base](task, max(0.0, deadline - time.monotonic()))
                     elif base is RemoveTree:
                         remove_tree_confined(task.path, self._roots)
                     else:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import _lifecycle
+from ._batch import EXIT_RUNNERS
 from ._paths import Roots, remove_tree_confined
 from ._sweep import Counter, close_fds, create, sweep_sync
 from ._tasks import current_executor
@@ -299,20 +300,44 @@ def _release(path: str, base: str, fd: int) -> None:
 
 
 class _Release:
-    """A closed ScratchDir's removal: the tree first, then the lock that keeps sweepers off."""
+    """A closed ScratchDir's removal: the tree first, then the lock that keeps sweepers off.
 
-    __slots__ = ("base", "fd", "path")
+    Also runs without a loop, at interpreter exit (``EXIT_RUNNERS``). A run
+    cut short by a dying loop goes on in its thread while the next loop runs
+    the task again: the mutex makes the second run wait, and the descriptor
+    is closed once, never a second time under a number the process reused.
+    """
+
+    __slots__ = ("_mutex", "base", "fd", "path")
     kind = "remove_tree"
 
     def __init__(self, path: str, base: str, fd: int) -> None:
         self.path, self.base, self.fd = path, base, fd
+        self._mutex = threading.Lock()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(current_executor.get(), _release, self.path, self.base, self.fd)
+        await loop.run_in_executor(current_executor.get(), self.run_sync)
+
+    def run_sync(self, timeout: float = -1) -> None:
+        # The exit handler passes its time left: the first run may be stuck
+        # on a dead mount, and the exit must not wait for it past its bound.
+        if not self._mutex.acquire(timeout=timeout):
+            raise TimeoutError(f"{self!r}: an earlier run is still removing it")
+        try:
+            fd, self.fd = self.fd, -1
+            if fd >= 0:
+                _release(self.path, self.base, fd)
+            elif os.path.isdir(self.base):  # a rerun: the lock is gone, the tree may not be
+                remove_tree_confined(self.path, Roots([self.base]))
+        finally:
+            self._mutex.release()
 
     def __repr__(self) -> str:
         return f"<release {self.path!r}>"
+
+
+EXIT_RUNNERS[_Release] = _Release.run_sync
 
 
 def _at_exit() -> None:

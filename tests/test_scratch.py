@@ -431,6 +431,34 @@ async def test_scratch_dir_files_go_through_its_cleaner_and_close_removes_it(
     await cleaner.shutdown()
 
 
+def test_a_release_run_twice_closes_its_lock_descriptor_once(scratch: Path) -> None:
+    """A dying loop can leave a release running in its thread while the next
+    loop runs it again: the second run removes what is left and never closes
+    the descriptor number a second time (by then it may be another file's)."""
+    from fastcleanup._scratch import _Release
+
+    own = scratch / "base" / "fastcleanup-1-0000000000000000"
+    (own / "sub").mkdir(parents=True)
+    release = _Release(str(own), str(own.parent), os.open(own / "sub", os.O_RDONLY))
+    release.run_sync()
+    assert not own.exists()
+    own.mkdir()  # made again meanwhile: the rerun removes it
+    reused = os.open(scratch, os.O_RDONLY)  # likely the number the release closed
+    try:
+        release.run_sync()
+        os.fstat(reused)  # still open
+    finally:
+        os.close(reused)
+    assert not own.exists()
+    # A run that cannot get the release from a stuck earlier one gives up in time.
+    release._mutex.acquire()
+    try:
+        with pytest.raises(TimeoutError, match="an earlier run is still removing it"):
+            release.run_sync(timeout=0.01)
+    finally:
+        release._mutex.release()
+
+
 async def test_staging_file_in_a_scratch_dir_commits_onto_its_destination(
     scratch: Path, make_cleaner: MakeCleaner
 ) -> None:

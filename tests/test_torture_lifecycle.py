@@ -519,6 +519,53 @@ def test_exit_with_pending_work(scratch: Path, kind: str) -> None:
 
 @use_uvloop
 @pytest.mark.timeout(120)
+def test_scratch_dir_closed_while_running_is_removed_at_exit(scratch: Path, kind: str) -> None:
+    """close() while the cleaner runs queues the directory's removal; when the
+    loop ends without shutdown(), the exit handler removes it, so nothing is
+    left for the next start's sweep."""
+    base = scratch / "base"
+    files = [str(scratch / f"f{i}") for i in range(20_000)]
+    touch_all(files)
+    proc = run_child(
+        """
+        async def main():
+            fc.init_worker()
+            own = fc.ScratchDir(os.path.join(SCRATCH, "base"))
+            await fc.drain()  # the sweep that making it started is over
+            (own.path / "profile").mkdir()
+            (own.path / "profile" / "cookies").write_bytes(b"x")
+            for name in sorted(os.listdir(SCRATCH)):
+                if name.startswith("f"):
+                    fc.submit(fc.RemoveFile(os.path.join(SCRATCH, name)))
+            own.close()  # queued behind the 20,000 files
+            OWN.append(own)
+
+        OWN = []
+        fc.run(main(), use_uvloop=USE_UVLOOP)
+        print("LEFT", os.listdir(OWN[0]._base), flush=True)
+        """,
+        scratch,
+        kind,
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    # The directory was still there when the loop ended: its removal was pending.
+    assert "LEFT ['fastcleanup-" in out, out + err
+    assert os.listdir(base) == [], out
+    assert sorted(os.listdir(scratch)) == ["base"]
+    assert child_stats(out) == {
+        "submitted": 20_002,  # the sweep, the files, the directory
+        "dropped_before_init": 0,
+        "completed": 20_002,
+        "failed": 0,
+        "dropped_at_exit": 0,
+        "queued": 0,
+        "in_flight": 0,
+    }
+
+
+@use_uvloop
+@pytest.mark.timeout(120)
 def test_exit_is_bounded_by_exit_timeout(scratch: Path, kind: str) -> None:
     """Slow storage at exit: removals stop after exit_timeout, the rest is counted
     as dropped at exit, and the process ends soon after."""
