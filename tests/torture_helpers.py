@@ -1,8 +1,9 @@
 """Shared machinery of the torture tests (tests/test_torture_*.py).
 
 Sizes: the default run is sized for CI (all torture tests together finish in
-a few minutes on a 2-core machine); ``FASTCLEANUP_LARGE=1`` runs every one
-of them at the size quoted in README's Reliability section. Under
+a few minutes on a 2-core machine); ``FASTCLEANUP_LARGE=1`` runs the stress
+tests (those that size themselves with ``scale``) at the sizes quoted in
+README's Reliability section. A test of one exact scenario has one size. Under
 ``CI=true`` hypothesis is derandomized and keeps no example database, so a
 CI run is reproducible.
 
