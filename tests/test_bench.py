@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import fastcleanup as fc
+from fastcleanup import _tasks
 from fastcleanup.bench import cli as bench_cli
 from fastcleanup.bench.cli import (
     SCENARIOS,
@@ -155,10 +157,19 @@ def test_submit_costs_are_measured_for_each_variant() -> None:
         assert (c.calls, c.repeat) == (2_000, 2)
 
 
-def test_bytes_per_queued_remove_file_counts_the_queued_tasks() -> None:
-    per_task = bytes_per_queued_remove_file(20_000, "asyncio")
-    # A deque slot is 8 bytes; a task object at least a header; a path copy would be 100+.
-    assert 16 < per_task < 1_000
+def test_bytes_per_queued_remove_file_is_readme_s_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: a queued RemoveFile costs 32 bytes besides its path (48 as a
+    Python object): the object and its share of the queue's blocks."""
+    said = re.search(
+        r"A queued `RemoveFile` costs (\d+) bytes besides its path string"
+        r" \((\d+) as a\s+Python object\)",
+        (Path(__file__).resolve().parent.parent / "README.md").read_text(),
+    )
+    assert said is not None
+    if fc.RemoveFile is not _tasks.PurePythonRemoveFile:
+        assert round(bytes_per_queued_remove_file(20_000, "asyncio")) == int(said[1])
+    monkeypatch.setattr(fc, "RemoveFile", _tasks.PurePythonRemoveFile)
+    assert round(bytes_per_queued_remove_file(20_000, "asyncio")) == int(said[2])
 
 
 def test_percentile_and_summarize() -> None:
