@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
+import logging
 import os
+import re
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -13,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import fastcleanup as fc
+from fastcleanup import _unlink
 from tests.helpers import assert_conserved, make_files
 
 MakeCleaner = Callable[..., fc.Cleaner]
@@ -106,6 +110,86 @@ async def test_batch_failures_are_isolated(make_cleaner: MakeCleaner) -> None:
     assert (stats.completed, stats.failed) == (62, 2)
     assert_conserved(stats)
     await cleaner.shutdown()
+
+
+def failure_logs(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The messages logged on ``fastcleanup`` (or below it), exceptions included."""
+    return [
+        record.getMessage() + (f" {record.exc_info[1]!r}" if record.exc_info else "")
+        for record in caplog.records
+        if record.name == "fastcleanup" or record.name.startswith("fastcleanup.")
+        if record.levelno >= logging.WARNING
+    ]
+
+
+async def test_a_raise_and_a_timeout_are_logged(
+    make_cleaner: MakeCleaner, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each failure leaves one warning naming the task, its reason and, if any, the error."""
+    cleaner = make_cleaner(task_timeout=0.2)
+    cleaner.init_worker()
+
+    async def boom_cleanup() -> None:
+        raise OSError("disk on fire")
+
+    async def hung_cleanup() -> None:
+        await asyncio.Event().wait()
+
+    async def fine_cleanup() -> None:
+        pass
+
+    with caplog.at_level(logging.WARNING, logger="fastcleanup"):
+        for fn in (boom_cleanup, hung_cleanup, fine_cleanup):
+            cleaner.submit(fc.Call(fn))
+        assert await cleaner.drain(timeout=10)
+    await cleaner.shutdown()
+
+    assert cleaner._tally.failed_by == {("call", "error"): 1, ("call", "timeout"): 1}
+    logs = failure_logs(caplog)
+    assert len(logs) == 2, logs  # the cleanup that completed logs nothing
+    # Whole words: the test's own name, in each function's qualname, holds "timeout".
+    (error,) = [m for m in logs if "boom_cleanup" in m]
+    assert re.search(r"\bcall\b.*\berror\b", error) and "disk on fire" in error, error
+    (timeout,) = [m for m in logs if "hung_cleanup" in m]
+    assert re.search(r"\bcall\b.*\btimeout\b", timeout), timeout
+
+
+@pytest.mark.parametrize("path", ["lane", "pure"])
+async def test_a_file_that_cannot_be_removed_is_logged(
+    path: str,
+    scratch: Path,
+    make_cleaner: MakeCleaner,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failed unlink, whichever job ran it, is logged with its path and the OS error."""
+    if path == "lane" and not _unlink.COMPILED:
+        pytest.skip("the compiled module is not built")
+    if path == "pure":  # a replaced os.unlink sends file jobs to the pure-Python twin
+        real_unlink = os.unlink
+
+        def unlink(p: str, *, dir_fd: int | None = None) -> None:
+            real_unlink(p, dir_fd=dir_fd)
+
+        monkeypatch.setattr(os, "unlink", unlink)
+    assert _unlink.use_compiled() is (path == "lane")
+    (kept,) = make_files(scratch, 1)
+    directory = scratch / "a-directory"  # unlink(2) of a directory fails: EISDIR
+    directory.mkdir()
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    assert (cleaner._lane is not None) is _unlink.COMPILED
+    with caplog.at_level(logging.WARNING, logger="fastcleanup"):
+        cleaner.submit(fc.RemoveFile(kept))
+        cleaner.submit(fc.RemoveFile(directory))
+        assert await cleaner.drain(timeout=10)
+    await cleaner.shutdown()
+
+    assert os.listdir(scratch) == [directory.name]  # the file went, the directory stayed
+    assert cleaner._tally.failed_by == {("remove_file", "error"): 1}
+    (logged,) = failure_logs(caplog)
+    assert "remove_file" in logged and str(directory) in logged
+    assert os.strerror(errno.EISDIR) in logged
 
 
 async def test_one_hung_unlink_does_not_hold_up_the_rest(
