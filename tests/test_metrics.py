@@ -122,6 +122,38 @@ def test_default_cleaner_is_on_the_global_registry() -> None:
     assert 'fastcleanup_worker_up{cleaner="default"}' in generate_latest(REGISTRY).decode()
 
 
+async def test_registry_none_exports_nowhere(
+    make_cleaner: MakeCleaner, registry: CollectorRegistry
+) -> None:
+    """``registry=None``: in no registry's output and in no collector, unlike a given registry."""
+    from prometheus_client import REGISTRY
+
+    hidden = make_cleaner(registry=None, name="unexported")
+    shown = make_cleaner(name="exported")  # the fixture's own registry: the contrast
+
+    async def nothing() -> None:
+        pass
+
+    for cleaner in (hidden, shown):
+        cleaner.init_worker()
+        cleaner.submit(fc.Call(nothing))
+        assert await cleaner.drain(timeout=5)
+    # Both did the same work: only where it is exported differs.
+    assert hidden.stats().completed == shown.stats().completed == 1
+    outputs = {
+        "global": generate_latest(REGISTRY).decode(),
+        "own": generate_latest(registry).decode(),
+    }
+    for cleaner in (hidden, shown):
+        await cleaner.shutdown()
+
+    assert 'fastcleanup_completed_total{cleaner="exported",task="call"} 1.0' in outputs["own"]
+    assert shown in _collectors[registry]._cleaners
+    for text in outputs.values():
+        assert 'cleaner="unexported"' not in text
+    assert all(hidden not in collector._cleaners for collector in _collectors.values())
+
+
 @pytest.mark.timeout(120)
 async def test_scrapes_during_a_burst_never_see_a_counter_decrease(
     scratch: Path, make_cleaner: MakeCleaner, registry: CollectorRegistry
