@@ -20,6 +20,16 @@ from tests.helpers import make_files
 MakeCleaner = Callable[..., fc.Cleaner]
 
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_metrics() -> dict[str, str]:
+    """The metric table of README's Monitoring section: each family's name and type."""
+    section = README.read_text(encoding="utf-8").split("\n## Monitoring\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    return dict(re.findall(r"^\| `(fastcleanup_\w+)` \| (\w+) \|", section, re.M))
+
+
 def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     out = {}
     for family in registry.collect():
@@ -64,9 +74,12 @@ async def test_every_metric_of_the_contract_is_exported(
     ]
     for line in expected:
         assert line in text, line
-    for name in ("submitted_total", "dropped_at_exit_total", "queued", "worker_up",
-                 "cleanup_latency_seconds", "batch_size"):  # fmt: skip
-        assert re.search(rf"^# HELP fastcleanup_{name} \w.{{20,}}$", text, re.M), name
+    table = readme_metrics()
+    for name, kind in table.items():
+        assert re.search(rf"^# HELP {name} \w.{{20,}}$", text, re.M), name
+        assert f"\n# TYPE {name} {kind}\n" in text, (name, kind)
+    # Every family exported is in the table, and every one in the table is exported.
+    assert set(re.findall(r"^# TYPE (fastcleanup_\w+) ", text, re.M)) == set(table)
     assert 'fastcleanup_worker_up{cleaner="crawler"} 0.0' in generate_latest(registry).decode()
 
 
