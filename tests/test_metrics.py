@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import re
 import threading
 import urllib.request
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 import fastcleanup as fc
 from fastcleanup._export import _collectors
@@ -81,6 +83,39 @@ async def test_every_metric_of_the_contract_is_exported(
     # Every family exported is in the table, and every one in the table is exported.
     assert set(re.findall(r"^# TYPE (fastcleanup_\w+) ", text, re.M)) == set(table)
     assert 'fastcleanup_worker_up{cleaner="crawler"} 0.0' in generate_latest(registry).decode()
+
+
+@pytest.mark.parametrize(
+    ("family", "stated", "lowest", "highest"),
+    [
+        ("fastcleanup_cleanup_latency_seconds", "(1 ms … 60 s)", 0.001, 60.0),
+        ("fastcleanup_batch_size", "(1 … 1024;", 1.0, 1024.0),
+    ],
+)
+def test_histogram_buckets_span_what_readme_says(
+    family: str,
+    stated: str,
+    lowest: float,
+    highest: float,
+    make_cleaner: MakeCleaner,
+    registry: CollectorRegistry,
+) -> None:
+    """The finite ``le`` bounds run from README's lowest to its highest, then +Inf."""
+    readme = README.read_text(encoding="utf-8")
+    (row,) = [line for line in readme.splitlines() if line.startswith(f"| `{family}` |")]
+    assert stated in row
+    make_cleaner(name="buckets")
+    text = generate_latest(registry).decode()
+    bounds = [
+        s.labels["le"]
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == f"{family}_bucket" and s.labels["cleaner"] == "buckets"
+    ]
+    finite = [float(b) for b in bounds if b != "+Inf"]
+    assert all(math.isfinite(b) for b in finite), bounds
+    assert (min(finite), max(finite)) == (lowest, highest)
+    assert bounds.count("+Inf") == 1, bounds  # spelt as the exposition format wants it
 
 
 @pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
