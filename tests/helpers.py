@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import fastcleanup as fc
@@ -20,3 +22,16 @@ def make_files(directory: Path, n: int, prefix: str = "f") -> list[str]:
 def assert_conserved(stats: fc.Stats) -> None:
     total = stats.completed + stats.failed + stats.dropped_at_exit + stats.queued + stats.in_flight
     assert stats.submitted == total, stats
+
+
+def run_command(*args: str, module: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run this environment's ``fastcleanup`` script, or ``python -m fastcleanup`` if ``module``."""
+    # The console script sits beside the interpreter (a venv's bin/), as pip installs it.
+    command = (
+        [sys.executable, "-m", "fastcleanup"]
+        if module
+        else [str(Path(sys.executable).with_name("fastcleanup"))]
+    )
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, timeout=120, check=False
+    )
