@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -35,3 +36,13 @@ def run_command(*args: str, module: bool = False) -> subprocess.CompletedProcess
     return subprocess.run(
         [*command, *args], capture_output=True, text=True, timeout=120, check=False
     )
+
+
+def listed_options(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option string of ``parser`` that its --help is meant to show."""
+    return [
+        option
+        for action in parser._actions
+        if action.help != argparse.SUPPRESS
+        for option in action.option_strings
+    ]

@@ -43,6 +43,7 @@ from fastcleanup.bench.harness import (
     summarize,
 )
 from fastcleanup.bench.micro import bytes_per_queued_remove_file, submit_costs
+from tests.helpers import listed_options, run_command
 
 
 @pytest.mark.parametrize(
@@ -344,3 +345,17 @@ def test_main_rejects_a_size_below_one(capsys: pytest.CaptureFixture[str]) -> No
         main(["--files", "0"])
     assert exc.value.code == 2
     assert "--files must be >= 1" in capsys.readouterr().err
+
+
+def test_bench_help_lists_every_option_readme_names() -> None:
+    """``fastcleanup bench --help`` exits 0 and shows its options, among them all README names."""
+    proc = run_command("bench", "--help")
+    assert proc.returncode == 0, proc.stderr
+    options = listed_options(bench_cli._parser())
+    shown = proc.stdout.split("\noptions:\n", 1)[1]
+    assert [o for o in options if o not in shown] == []
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Benchmarks\n", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", section))
+    assert {"--files", "--slow-files", "--quick", "--plot"} <= named  # the section was found
+    assert named - set(options) == set()

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastcleanup.demo.cli import main
+from fastcleanup.demo.cli import _parser, main
 from fastcleanup.demo.crawl import PAGES_PER_SITE, plan
 from fastcleanup.demo.report import quantile_bound, read_metrics
+from tests.helpers import listed_options, run_command
 
 COUNTERS = ("submitted", "completed", "failed", "dropped_at_exit", "queued", "in_flight")
 
@@ -137,6 +138,16 @@ def test_demo_as_a_subprocess(tmp_path: Path) -> None:
     assert_metrics_agree(summary)
     assert f"metrics  {summary['metrics']['url']}" in proc.stdout
     assert "30/30 pages" in proc.stderr  # stderr is no terminal: periodic progress lines
+
+
+def test_demo_help_lists_its_options() -> None:
+    """``fastcleanup demo --help`` exits 0 and shows every option but the hidden one."""
+    proc = run_command("demo", "--help")
+    assert proc.returncode == 0, proc.stderr
+    options = listed_options(_parser())
+    assert {"--pages", "--metrics-port", "--json", "--loop"} <= set(options)
+    shown = proc.stdout.split("\noptions:\n", 1)[1]
+    assert [o for o in options if o not in shown] == []
 
 
 @pytest.mark.parametrize(
