@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +124,11 @@ def test_demo_leak_check_catches_a_file_nobody_removes(
 
 
 def test_demo_as_a_subprocess(tmp_path: Path) -> None:
+    """What README's "Two commands" says of a demo run with no options but its size."""
     out = tmp_path / "summary.json"
+    pages = 30
     proc = subprocess.run(
-        [sys.executable, "-m", "fastcleanup", "demo", "--pages", "30", "--json", str(out)],
+        [sys.executable, "-m", "fastcleanup", "demo", "--pages", str(pages), "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -138,6 +142,51 @@ def test_demo_as_a_subprocess(tmp_path: Path) -> None:
     assert_metrics_agree(summary)
     assert f"metrics  {summary['metrics']['url']}" in proc.stdout
     assert "30/30 pages" in proc.stderr  # stderr is no terminal: periodic progress lines
+
+    # "crawls it on uvloop": the default loop, when installed (it is a dependency).
+    loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    assert summary["loop"] == loop
+    assert f"sites at a time, on {loop}\n" in proc.stdout
+    # "serves /metrics on 127.0.0.1": the scrape above came from there.
+    assert urllib.parse.urlsplit(summary["metrics"]["url"]).hostname == "127.0.0.1"
+    # "normal, broken and slow pages": the default plan has all three; a page
+    # cut short breaks, and a slow page whose last piece leaves the site after
+    # the deadline times out (whatever the load; a loaded machine adds more).
+    o = summary["options"]
+    specs = [
+        spec for site in plan(pages, o["fail_rate"], o["slow_rate"], o["seed"]) for spec in site
+    ]
+    assert {s.kind for s in specs} == {"ok", "fail", "slow"}
+    cut = sum(s.kind == "fail" for s in specs)
+    hopeless = sum(s.kind == "slow" and s.delay * 7 / 8 > 1.2 * o["timeout"] for s in specs)
+    assert hopeless > 0
+    p = summary["pages"]
+    assert p["ok"] + p["broken"] + p["timed_out"] == pages
+    assert 0 < p["broken"] <= cut
+    assert p["timed_out"] >= hopeless
+    # "through staging-file guards and per-site browser-profile directories".
+    f, by_kind = summary["files"], summary["cleanup"]["completed_by_kind"]
+    sites = math.ceil(pages / PAGES_PER_SITE)
+    assert f["staging"] > 0 and f["profiles"] == sites > 1
+    assert by_kind["remove_tree"] == by_kind["aclose"] == sites  # each profile and its session
+    assert by_kind["remove_file"] == f["staging"] - f["committed"] + f["temp"]
+    # "ends with a summary and a leak check".
+    assert re.search(r"^  conservation +ok ", proc.stdout, re.M)
+    assert re.match(r"  leak check +ok ", proc.stdout.splitlines()[-1]), proc.stdout
+
+
+def test_demo_as_a_subprocess_exits_1_on_a_leak() -> None:
+    """README: "exit status 1 if anything leaked"; the leaked file goes with the scratch dir."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastcleanup", "demo", "--pages", "10", "--slow-rate", "0",
+         "--leak", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert re.search(r"^  leak check +LEAK +1 stray files", proc.stdout, re.M), proc.stdout
 
 
 def test_demo_help_lists_its_options() -> None:
