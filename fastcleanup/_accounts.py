@@ -48,15 +48,15 @@ class Accounts(Intake):
         if reason is None:
             tally.complete(kind)
         else:
-            tally.fail(kind, reason)
-            logger.warning(
-                "fastcleanup: %s %s failed (%s): %s",
-                kind,
-                safe_repr(task),
-                reason,
-                safe_repr(exc),
-            )
+            self._fail(kind, task, reason, exc)
         tally.latency.observe(time.monotonic() - batch.seen_at)
+
+    def _fail(self, kind: str, task: object, reason: str, exc: BaseException | None) -> None:
+        """Count a failed cleanup and log it on the ``fastcleanup`` logger."""
+        self._tally.fail(kind, reason)
+        logger.warning(
+            "fastcleanup: %s %s failed (%s): %s", kind, safe_repr(task), reason, safe_repr(exc)
+        )
 
     def _account(self, batch: Batch, job: FileJob, n: int) -> None:
         """Count the first ``n`` files of ``job`` as finished (completed or failed)."""

@@ -78,7 +78,7 @@ class Handback(Dispatcher):
             if not counted:
                 tally.take(kind)
             if kind == INVALID:
-                tally.fail(kind, "invalid")
+                self._fail(kind, task, "invalid", None)
             elif (base := sync_at_exit(task)) is not None and time.monotonic() < deadline:
                 try:
                     if base is InProgress:
@@ -92,10 +92,10 @@ class Handback(Dispatcher):
                         job()
                         if job.errors:
                             raise job.errors[0][1]
-                except Refused:
-                    tally.fail(kind, "refused")
-                except OSError:
-                    tally.fail(kind, "error")
+                except Refused as exc:
+                    self._fail(kind, task, "refused", exc)
+                except OSError as exc:
+                    self._fail(kind, task, "error", exc)
                 else:
                     tally.complete(kind)
             else:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -458,6 +459,7 @@ def test_exit_with_pending_work(scratch: Path, kind: str) -> None:
     (scratch / "sub-file").write_bytes(b"x")  # a plain RemoveFile subclass
     (scratch / "sub-tree" / "leaf").mkdir(parents=True)  # a plain RemoveTree subclass
     (scratch / "own-run").write_bytes(b"x")  # a subclass with a run() of its own
+    (scratch / "not-a-dir").write_bytes(b"x")  # RemoveTree of a file: fails at exit
     proc = run_child(
         """
         async def later():
@@ -487,6 +489,7 @@ def test_exit_with_pending_work(scratch: Path, kind: str) -> None:
             for _ in range(30):
                 fc.submit(fc.Call(later))  # not a removal: cannot run without a loop
             fc.submit("not a task")  # failed, reason invalid
+            fc.submit(fc.RemoveTree(os.path.join(SCRATCH, "not-a-dir")))  # failed, reason error
             # Return at once: nothing has run yet.
 
         LATE.append(fc.RemoveFile(os.path.join(SCRATCH, "late")))
@@ -505,16 +508,19 @@ def test_exit_with_pending_work(scratch: Path, kind: str) -> None:
     pending = int(out.split("PENDING ")[1].split()[0])
     assert pending > 10_000, out  # most of it was still pending when main() returned
     # Every file and tree but the late one and the one whose own run() needs a loop: gone.
-    assert sorted(os.listdir(scratch)) == ["late", "own-run"]
+    assert sorted(os.listdir(scratch)) == ["late", "not-a-dir", "own-run"]
     assert stats == {
-        "submitted": 20_056,
+        "submitted": 20_057,
         "dropped_before_init": 0,
         "completed": 20_023,  # 20,000 files, 20 trees, the early one and two subclasses
-        "failed": 1,  # "not a task"
+        "failed": 2,  # "not a task" and the tree that is a file
         "dropped_at_exit": 32,  # 30 calls, the own run() and the late one
         "queued": 0,
         "in_flight": 0,
     }
+    # Failures at exit are logged as in the loop (logging's last resort writes to stderr).
+    assert "fastcleanup: invalid 'not a task' failed (invalid)" in err, err
+    assert re.search(r"fastcleanup: remove_tree RemoveTree\('.*/not-a-dir'\) failed \(error\)", err)
 
 
 @use_uvloop
