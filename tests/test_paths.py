@@ -97,6 +97,56 @@ async def test_allowed_roots_refuse_outside_paths(scratch: Path, make_cleaner: M
     await cleaner.shutdown()
 
 
+async def test_a_path_task_with_its_own_run_is_checked_before_it_runs(
+    scratch: Path, make_cleaner: MakeCleaner
+) -> None:
+    """A RemoveFile or RemoveTree subclass with a run() of its own: refused
+    outside the roots before that run() starts, run as usual inside them."""
+    root = scratch / "crawl"
+    (root / "pages" / "tree" / "sub").mkdir(parents=True)
+    inside = root / "pages" / "ok.html"
+    inside.write_text("x")
+    outside = outside_tree(scratch)
+    (root / "escape").symlink_to(outside)  # a symlinked parent that leads out
+    ran: list[str] = []
+
+    class AuditedFile(fc.RemoveFile):
+        async def run(self) -> None:
+            ran.append(os.fsdecode(self.path))
+            await super().run()
+
+    class AuditedTree(fc.RemoveTree):
+        async def run(self) -> None:
+            ran.append(os.fsdecode(self.path))
+            await super().run()
+
+    cleaner = make_cleaner(allowed_roots=[root])
+    cleaner.init_worker()
+    tasks: list[fc.CleanupTask] = [
+        AuditedFile(outside / "precious.txt"),  # plainly outside
+        AuditedFile(root / "escape" / "precious.txt"),  # through the symlinked parent
+        AuditedTree(outside / "deep"),
+        AuditedTree(root / "escape" / "deep"),
+        AuditedFile(inside),
+        AuditedTree(root / "pages" / "tree"),
+    ]
+    for task in tasks:
+        cleaner.submit(task)
+    assert await cleaner.drain(timeout=10)
+
+    # Only the two inside the root ever got to run().
+    assert sorted(ran) == sorted([str(inside), str(root / "pages" / "tree")])
+    assert (outside / "precious.txt").read_text() == "keep me"
+    assert (outside / "deep" / "also.txt").read_text() == "keep me too"
+    assert not inside.exists() and not (root / "pages" / "tree").exists()
+    assert cleaner._tally.failed_by == {
+        ("remove_file", "refused"): 2,
+        ("remove_tree", "refused"): 2,
+    }
+    assert cleaner.stats().completed == 2
+    await cleaner.shutdown()
+
+
 def test_symlink_swapped_in_after_the_check_fails_the_walk(
     scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
