@@ -9,17 +9,22 @@ import logging
 import os
 import re
 import threading
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 import pytest
 
 import fastcleanup as fc
-from fastcleanup import _unlink
+from fastcleanup import _lane, _unlink
+from fastcleanup._paths import Roots
 from tests.helpers import assert_conserved, make_files
 
 MakeCleaner = Callable[..., fc.Cleaner]
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 async def join_threads(threads: list[threading.Thread]) -> None:
@@ -217,6 +222,106 @@ async def test_one_hung_unlink_does_not_hold_up_the_rest(
     assert cleaner._tally.failed_by == {("remove_file", "timeout"): 1}
     assert cleaner.stats().completed == 63
     await cleaner.shutdown()
+
+
+class RecordingExecutor(ThreadPoolExecutor):
+    """A default executor that notes every job handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.jobs: list[object] = []
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        self.jobs.append(fn)
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.mark.parametrize("files_on", ["lane", "executor"])
+async def test_removals_run_on_the_cleaner_s_own_daemon_threads(
+    files_on: str, scratch: Path, make_cleaner: MakeCleaner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """File and tree removals, and the check of a path task with a run() of
+    its own, never touch the loop's default executor (the host's, for
+    getaddrinfo and to_thread); the threads that do them are daemons."""
+    if files_on == "lane" and not _unlink.COMPILED:
+        pytest.skip("the compiled module is not built")
+    default = RecordingExecutor()
+    asyncio.get_running_loop().set_default_executor(default)
+    ran_on: defaultdict[str, set[threading.Thread]] = defaultdict(set)
+    real_unlink, real_rmdir, real_check = os.unlink, os.rmdir, Roots.check
+
+    def rmdir(path: Any, *, dir_fd: int | None = None) -> None:
+        ran_on["tree"].add(threading.current_thread())
+        real_rmdir(path, dir_fd=dir_fd)
+
+    def check(self: Roots, path: str | bytes) -> None:
+        ran_on["check"].add(threading.current_thread())
+        real_check(self, path)
+
+    def unlink(path: Any, *, dir_fd: int | None = None) -> None:
+        ran_on["file"].add(threading.current_thread())
+        real_unlink(path, dir_fd=dir_fd)
+
+    lane_jobs: list[int] = []
+    real_start = _lane.FileLane.start
+
+    def start(lane: _lane.FileLane, job: _lane.LaneJob, fut: Any) -> None:
+        lane_jobs.append(len(job.paths))
+        real_start(lane, job, fut)
+
+    monkeypatch.setattr(os, "rmdir", rmdir)
+    monkeypatch.setattr(Roots, "check", check)
+    monkeypatch.setattr(_lane.FileLane, "start", start)
+    if files_on == "lane":
+        from fastcleanup._cbulk import Pool
+
+        class ServedPool:
+            """The lane's pool, noting the threads that serve it: they alone run its jobs, in C."""
+
+            def __init__(self) -> None:
+                self._pool = Pool()
+
+            def serve(self) -> None:
+                ran_on["file"].add(threading.current_thread())
+                self._pool.serve()
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._pool, name)
+
+        monkeypatch.setattr(_lane, "Pool", ServedPool)
+    else:  # a replaced os.unlink turns the lane off: the pure-Python job on the executor
+        monkeypatch.setattr(os, "unlink", unlink)
+
+    class Audited(fc.RemoveFile):  # a run() of its own: checked first, then the built-in one
+        async def run(self) -> None:
+            await super().run()
+
+    files = make_files(scratch / "files", 100)
+    trees = [scratch / f"tree{i}" for i in range(3)]
+    for tree in trees:
+        (tree / "sub").mkdir(parents=True)
+        (tree / "sub" / "leaf").touch()
+    (scratch / "audited").touch()
+    cleaner = make_cleaner(allowed_roots=[scratch])
+    cleaner.init_worker()
+    for p in files:
+        cleaner.submit(fc.RemoveFile(p))
+    for tree in trees:
+        cleaner.submit(fc.RemoveTree(tree))
+    cleaner.submit(Audited(scratch / "audited"))
+    assert await cleaner.drain(timeout=30)
+    stats = cleaner.stats()
+    await cleaner.shutdown()
+
+    assert (stats.completed, stats.failed) == (104, 0), stats
+    assert os.listdir(scratch) == ["files"] and os.listdir(scratch / "files") == []
+    assert default.jobs == []
+    assert bool(lane_jobs) == (files_on == "lane"), lane_jobs
+    assert set(ran_on) == {"file", "tree", "check"}, ran_on
+    threads = set().union(*ran_on.values())
+    assert threading.current_thread() not in threads  # never on the loop's thread either
+    assert all(t.daemon for t in threads), [t.name for t in threads if not t.daemon]
+    assert all(t.name.startswith(f"fastcleanup-{cleaner.name}-") for t in threads), threads
 
 
 async def test_tasks_of_a_batch_run_concurrently(make_cleaner: MakeCleaner) -> None:
