@@ -7,6 +7,7 @@ Every check is on the file system and the counters, never on a sleep.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -25,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 import fastcleanup as fc
 from fastcleanup import _sweep as protocol
+from tests.conftest import loop_factory
 from tests.torture_helpers import report, scale
 
 MakeCleaner = Callable[..., fc.Cleaner]
@@ -214,6 +216,79 @@ async def test_two_cleaners_sweeping_one_base_count_each_directory_once(
     assert sum(swept(registry, c, "directory") for c in cleaners) == n
     assert sum(swept(registry, c, "file") for c in cleaners) == n
     report("two_cleaners_one_base", directories=n, counted=n)
+
+
+def test_every_later_start_sweeps_again(
+    scratch: Path,
+    make_cleaner: MakeCleaner,
+    registry: CollectorRegistry,
+    children: Callable[..., Child],
+    loop_kind: str,
+) -> None:
+    """A base registered once is swept at each init_worker(): a process that
+    died after the first start is swept at the next, on a new loop."""
+    base = scratch / "base"
+    assert children("abandon", base, 1).line() == "done"
+    first = scratch_dirs(base)
+    assert len(first) == 1
+    cleaner = make_cleaner()
+    fc.sweep(base, cleaner=cleaner)
+
+    async def start_and_stop() -> fc.Stats:
+        cleaner.init_worker()
+        assert await cleaner.drain(timeout=TIMEOUT)
+        stats = cleaner.stats()
+        await cleaner.shutdown()
+        return stats
+
+    with asyncio.Runner(loop_factory=loop_factory(loop_kind)) as runner:
+        stats = runner.run(start_and_stop())
+    assert scratch_dirs(base) == []
+    assert (stats.completed, stats.failed) == (1, 0), stats
+    assert (swept(registry, cleaner, "directory"), swept(registry, cleaner, "file")) == (1, 1)
+
+    # Between the two starts another process dies and leaves two files behind.
+    assert children("abandon", base, 1).line() == "done"
+    (second,) = scratch_dirs(base)
+    (second / "more").touch()
+    with asyncio.Runner(loop_factory=loop_factory(loop_kind)) as runner:
+        stats = runner.run(start_and_stop())
+    assert not second.exists()
+    assert (stats.completed, stats.failed) == (2, 0), stats
+    assert (swept(registry, cleaner, "directory"), swept(registry, cleaner, "file")) == (2, 3)
+    labels = {"cleaner": cleaner.name, "task": "sweep"}
+    assert registry.get_sample_value("fastcleanup_completed_total", labels) == 2.0
+
+
+async def test_the_sweep_is_confined_to_base_whatever_allowed_roots_say(
+    scratch: Path,
+    make_cleaner: MakeCleaner,
+    registry: CollectorRegistry,
+    children: Callable[..., Child],
+) -> None:
+    """allowed_roots elsewhere: the sweep of base still removes what dead
+    processes left there, and touches nothing outside base, not even a dead
+    process's directory inside the allowed root."""
+    base, elsewhere = scratch / "base", scratch / "elsewhere"
+    assert children("abandon", base, 2).line() == "done"
+    assert children("abandon", elsewhere, 1).line() == "done"
+    dead = scratch_dirs(base)
+    assert len(dead) == 2
+    (not_base,) = scratch_dirs(elsewhere)
+    kept = decoys(base, scratch / "outside")
+    cleaner = make_cleaner(allowed_roots=[elsewhere])  # base lies outside every root
+    fc.sweep(base, cleaner=cleaner)
+    cleaner.init_worker()
+    assert await cleaner.drain(timeout=TIMEOUT)
+
+    assert not any(d.exists() for d in dead)
+    assert scratch_dirs(elsewhere) == [not_base] and (not_base / "left").exists()
+    assert all(map(os.path.lexists, kept))
+    assert (scratch / "outside" / "precious").read_text() == "not a leftover"
+    assert (swept(registry, cleaner, "directory"), swept(registry, cleaner, "file")) == (2, 2)
+    stats = cleaner.stats()
+    assert (stats.submitted, stats.completed, stats.failed) == (1, 1, 0), stats
+    await cleaner.shutdown()
 
 
 def test_many_starts_and_sweeps_at_once_never_remove_a_live_directory(
