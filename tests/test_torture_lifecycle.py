@@ -572,6 +572,80 @@ def test_scratch_dir_closed_while_running_is_removed_at_exit(scratch: Path, kind
 
 @use_uvloop
 @pytest.mark.timeout(120)
+def test_exit_counts_removals_that_fail_as_failed(scratch: Path, kind: str) -> None:
+    """At exit, queued removals that fail (a directory given to RemoveFile, a
+    parent that is a regular file) or are refused (outside allowed_roots) are
+    counted as failed, by reason, never as dropped at exit; their paths stay."""
+    root, outside = scratch / "root", scratch / "outside"
+    root.mkdir()
+    touch_all([str(root / f"e{i}") for i in range(20_000)])  # queued ahead of the rest
+    (root / "a-dir").mkdir()
+    (root / "a-file").write_bytes(b"x")
+    (outside / "tree").mkdir(parents=True)
+    (outside / "tree" / "leaf").write_bytes(b"x")
+    (outside / "precious").write_bytes(b"x")
+    proc = run_child(
+        """
+        ROOT, OUTSIDE = os.path.join(SCRATCH, "root"), os.path.join(SCRATCH, "outside")
+        cleaner = fc.Cleaner(registry=None, allowed_roots=[ROOT])
+
+        class ByReason:
+            # _report() asks for stats() after the exit work: print the reasons first.
+            def stats(self):
+                failed = sorted([*key, n] for key, n in cleaner._tally.failed_by.items())
+                print("REASONS " + json.dumps(failed), flush=True)
+                return cleaner.stats()
+
+        REPORTED.append(ByReason())
+
+        async def main():
+            cleaner.init_worker()
+            for i in range(20_000):
+                cleaner.submit(fc.RemoveFile(os.path.join(ROOT, f"e{i}")))
+            cleaner.submit(fc.RemoveFile(os.path.join(ROOT, "a-dir")))  # EISDIR
+            cleaner.submit(fc.RemoveFile(os.path.join(ROOT, "a-file", "x")))  # ENOTDIR
+            cleaner.submit(fc.RemoveTree(os.path.join(ROOT, "a-file")))  # not a directory
+            cleaner.submit(fc.RemoveFile(os.path.join(OUTSIDE, "precious")))  # refused
+            cleaner.submit(fc.RemoveTree(os.path.join(OUTSIDE, "tree")))  # refused
+            # Return at once: the five are still at the tail of the queue.
+
+        fc.run(main(), use_uvloop=USE_UVLOOP)
+        s = cleaner.stats()
+        print("BEFORE_EXIT", s.queued, s.failed, flush=True)
+        """,
+        scratch,
+        kind,
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    stats = child_stats(out)
+    assert stats is not None, out + err
+    queued, failed = map(int, out.split("BEFORE_EXIT ")[1].split()[:2])
+    # The five failures were still queued when the loop ended: only the exit work ran them.
+    assert queued > 10_000 and failed == 0, out
+    assert sorted(os.listdir(root)) == ["a-dir", "a-file"]
+    assert (root / "a-dir").is_dir() and (root / "a-file").read_bytes() == b"x"
+    assert (outside / "precious").exists() and (outside / "tree" / "leaf").exists()
+    assert stats == {
+        "submitted": 20_005,
+        "dropped_before_init": 0,
+        "completed": 20_000,
+        "failed": 5,
+        "dropped_at_exit": 0,
+        "queued": 0,
+        "in_flight": 0,
+    }
+    reasons = json.loads(out.split("REASONS ")[1].splitlines()[0])
+    assert reasons == [
+        ["remove_file", "error", 2],
+        ["remove_file", "refused", 1],
+        ["remove_tree", "error", 1],
+        ["remove_tree", "refused", 1],
+    ]
+
+
+@use_uvloop
+@pytest.mark.timeout(120)
 def test_exit_is_bounded_by_exit_timeout(scratch: Path, kind: str) -> None:
     """Slow storage at exit: removals stop after exit_timeout, the rest is counted
     as dropped at exit, and the process ends soon after."""
