@@ -19,6 +19,7 @@ import pytest
 
 import fastcleanup as fc
 from fastcleanup import _lane, _unlink
+from fastcleanup._intake import IDLE
 from fastcleanup._paths import Roots
 from tests.helpers import assert_conserved, make_files
 
@@ -322,6 +323,90 @@ async def test_removals_run_on_the_cleaner_s_own_daemon_threads(
     assert threading.current_thread() not in threads  # never on the loop's thread either
     assert all(t.daemon for t in threads), [t.name for t in threads if not t.daemon]
     assert all(t.name.startswith(f"fastcleanup-{cleaner.name}-") for t in threads), threads
+
+
+async def until_idle(cleaner: fc.Cleaner) -> None:
+    """Let the loop run until the dispatcher sleeps, waiting for a wakeup."""
+    for _ in range(1000):
+        if cleaner._hot[IDLE]:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the dispatcher never went to sleep")
+
+
+async def test_a_burst_wakes_the_sleeping_dispatcher_once(
+    make_cleaner: MakeCleaner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One wakeup per idle->busy: a burst from another thread, submitted
+    while the loop thread is blocked, wakes the loop once; submits while the
+    dispatcher is awake (waiting for a free batch slot) wake nothing; the
+    next submit after it went back to sleep wakes it once more."""
+    cleaner = make_cleaner(batch_size=64, max_batches=1)
+    cleaner.init_worker()
+    loop = asyncio.get_running_loop()
+    await until_idle(cleaner)
+    wakeups = 0
+    real_call_soon_threadsafe = loop.call_soon_threadsafe
+
+    def call_soon_threadsafe(callback: Callable[..., object], *args: Any, **kw: Any) -> Any:
+        nonlocal wakeups
+        if callback == cleaner._on_wake:  # only the cleaner's wakeups, not other threads' news
+            wakeups += 1
+        return real_call_soon_threadsafe(callback, *args, **kw)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", call_soon_threadsafe)
+
+    async def nothing() -> None:
+        pass
+
+    def burst_from_another_thread(n: int) -> None:
+        def produce() -> None:
+            for _ in range(n):
+                cleaner.submit(fc.Call(nothing))
+
+        # The loop thread waits in join() without yielding to the loop: the
+        # dispatcher cannot run, let alone take anything, until all n are queued.
+        producer = threading.Thread(target=produce)
+        producer.start()
+        producer.join(30)
+        assert not producer.is_alive()
+
+    burst_from_another_thread(1000)
+    assert wakeups == 1
+    assert await cleaner.drain(timeout=30)
+    assert cleaner.stats().completed == 1000
+    await until_idle(cleaner)
+    assert wakeups == 1  # running the burst woke nothing
+
+    gate = asyncio.Event()
+    started = 0
+
+    async def held() -> None:
+        nonlocal started
+        started += 1
+        await gate.wait()
+
+    for _ in range(128):  # two batches: the first takes the only slot, and is held
+        cleaner.submit(fc.Call(held))
+    assert wakeups == 2
+    for _ in range(1000):
+        if started == 64:
+            break
+        await asyncio.sleep(0)
+    # The dispatcher is awake, waiting for the slot, with the second batch queued.
+    assert (started, cleaner.stats().queued) == (64, 64)
+    burst_from_another_thread(100)
+    assert wakeups == 2
+    gate.set()
+    assert await cleaner.drain(timeout=30)
+    assert cleaner.stats().completed == 1228
+
+    await until_idle(cleaner)
+    burst_from_another_thread(1)
+    assert wakeups == 3
+    assert await cleaner.drain(timeout=30)
+    assert cleaner.stats().completed == 1229
+    await cleaner.shutdown()
 
 
 async def test_tasks_of_a_batch_run_concurrently(make_cleaner: MakeCleaner) -> None:
