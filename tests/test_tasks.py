@@ -9,6 +9,7 @@ import os
 import re
 import weakref
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -286,3 +287,17 @@ def test_a_compiled_call_is_one_object_for_the_collector() -> None:
     assert after_compiled - before <= 1001  # the Calls, and the list
     assert after_pure - after_compiled >= 1900
     assert all(map(gc.is_tracked, compiled)) and all(map(gc.is_tracked, pure))
+
+
+@pytest.mark.skipif(not _unlink.COMPILED, reason="the compiled module is not built")
+@pytest.mark.parametrize(
+    ("compiled", "pure"),
+    [(fc.RemoveFile, _tasks.PurePythonRemoveFile), (fc.Call, _tasks.PurePythonCall)],
+    ids=["RemoveFile", "Call"],
+)
+def test_a_c_type_is_documented_and_run_by_its_python_class(compiled: Any, pure: Any) -> None:
+    """help(fc.RemoveFile) and what a task does are the Python class's, written once."""
+    assert compiled is not pure and compiled.__module__ == pure.__module__
+    assert pure.__doc__ and compiled.__doc__ == pure.__doc__
+    assert compiled.run is pure.run
+    assert compiled.kind == pure.kind
