@@ -23,6 +23,7 @@ def batches_above(cleaner: fc.Cleaner, size: int) -> int:
 async def test_a_burst_of_files_goes_to_large_jobs(
     scratch: Path, make_cleaner: MakeCleaner
 ) -> None:
+    assert FILE_BATCH == 1024  # what README promises: a burst goes in jobs of up to 1,024 files
     cleaner = make_cleaner(batch_size=64)
     files = make_files(scratch, 6000)
     cleaner.init_worker()

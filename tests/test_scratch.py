@@ -415,6 +415,7 @@ def test_a_directory_held_in_this_process_survives_a_sweep(scratch: Path) -> Non
 
 
 def test_in_creation_directory_waits_for_the_grace_period(scratch: Path) -> None:
+    assert protocol.GRACE == 60.0  # what README promises: in-creation names are left 60 s
     young = scratch / f".fastcleanup-new-5-{'a' * 16}"
     old = scratch / f".fastcleanup-new-6-{'b' * 16}"
     stalled = scratch / f".fastcleanup-new-7-{'c' * 16}"  # an old one whose creator holds its lock
