@@ -297,12 +297,17 @@ async def test_removals_run_on_the_cleaner_s_own_daemon_threads(
         async def run(self) -> None:
             await super().run()
 
+    class AuditedTree(fc.RemoveTree):  # the same for a tree: the built-in run() on our threads
+        async def run(self) -> None:
+            await super().run()
+
     files = make_files(scratch / "files", 100)
     trees = [scratch / f"tree{i}" for i in range(3)]
     for tree in trees:
         (tree / "sub").mkdir(parents=True)
         (tree / "sub" / "leaf").touch()
     (scratch / "audited").touch()
+    (scratch / "audited-tree" / "leaf").mkdir(parents=True)
     cleaner = make_cleaner(allowed_roots=[scratch])
     cleaner.init_worker()
     for p in files:
@@ -310,11 +315,12 @@ async def test_removals_run_on_the_cleaner_s_own_daemon_threads(
     for tree in trees:
         cleaner.submit(fc.RemoveTree(tree))
     cleaner.submit(Audited(scratch / "audited"))
+    cleaner.submit(AuditedTree(scratch / "audited-tree"))
     assert await cleaner.drain(timeout=30)
     stats = cleaner.stats()
     await cleaner.shutdown()
 
-    assert (stats.completed, stats.failed) == (104, 0), stats
+    assert (stats.completed, stats.failed) == (105, 0), stats
     assert os.listdir(scratch) == ["files"] and os.listdir(scratch / "files") == []
     assert default.jobs == []
     assert bool(lane_jobs) == (files_on == "lane"), lane_jobs
