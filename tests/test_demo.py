@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import json
 import math
 import re
@@ -149,6 +150,11 @@ def test_demo_as_a_subprocess(tmp_path: Path) -> None:
     assert f"sites at a time, on {loop}\n" in proc.stdout
     # "serves /metrics on 127.0.0.1": the scrape above came from there.
     assert urllib.parse.urlsplit(summary["metrics"]["url"]).hostname == "127.0.0.1"
+    # "starts a local test site": the pages it crawls come from a loopback address.
+    site = re.search(rf"^fastcleanup demo: {pages} pages of \d+ sites at (\S+), ", proc.stdout)
+    assert site is not None, proc.stdout
+    host = urllib.parse.urlsplit(site[1]).hostname
+    assert host is not None and ipaddress.ip_address(host).is_loopback, site[1]
     # "normal, broken and slow pages": the default plan has all three; a page
     # cut short breaks, and a slow page whose last piece leaves the site after
     # the deadline times out (whatever the load; a loaded machine adds more).
