@@ -199,9 +199,12 @@ async def test_a_file_that_cannot_be_removed_is_logged(
 
 
 async def test_one_hung_unlink_does_not_hold_up_the_rest(
-    scratch: Path, make_cleaner: MakeCleaner, monkeypatch: pytest.MonkeyPatch
+    scratch: Path,
+    make_cleaner: MakeCleaner,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """File removals share one executor job, yet a hung file times out alone."""
+    """File removals share one executor job, yet a hung file times out alone, and is logged."""
     paths = make_files(scratch, 64)
     stuck = threading.Event()
     real_unlink = os.unlink
@@ -214,14 +217,18 @@ async def test_one_hung_unlink_does_not_hold_up_the_rest(
     monkeypatch.setattr(os, "unlink", unlink)
     cleaner = make_cleaner(task_timeout=0.3)
     cleaner.init_worker()
-    for p in paths:
-        cleaner.submit(fc.RemoveFile(p))
-    assert await cleaner.drain(timeout=10)
+    with caplog.at_level(logging.WARNING, logger="fastcleanup"):
+        for p in paths:
+            cleaner.submit(fc.RemoveFile(p))
+        assert await cleaner.drain(timeout=10)
     stuck.set()
 
     assert sorted(os.listdir(scratch)) in ([], [os.path.basename(paths[10])])
     assert cleaner._tally.failed_by == {("remove_file", "timeout"): 1}
     assert cleaner.stats().completed == 63
+    # The file job's timeout is counted apart from a task's; it is logged all the same.
+    (logged,) = failure_logs(caplog)
+    assert re.search(r"\bremove_file\b.*\btimeout\b", logged) and repr(paths[10]) in logged, logged
     await cleaner.shutdown()
 
 
