@@ -37,15 +37,19 @@ def test_loop_death_requeues_and_next_loop_adopts(
     cleaner = make_cleaner(max_batches=4, batch_size=64)
     runs: Counter[int] = Counter()
 
+    ran = asyncio.Event()
+
     async def slow(i: int) -> None:
         await asyncio.sleep(0.05)
         runs[i] += 1
+        ran.set()
 
     async def first() -> None:
         cleaner.init_worker()
         for i in range(1000):
             cleaner.submit(fc.Call(slow, i))
-        await asyncio.sleep(0.12)  # some batches done, some in flight, most queued
+        # Then some batches are done, some in flight, most queued.
+        await asyncio.wait_for(ran.wait(), timeout=10)
 
     run_on(loop_kind, first())
     mid = cleaner.stats()
