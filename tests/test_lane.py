@@ -12,6 +12,8 @@ import errno
 import gc
 import os
 import select
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -461,3 +463,66 @@ async def test_a_file_burst_sets_off_no_garbage_collection(
         assert runs == []
     else:
         assert len(runs) > 20
+
+
+YIELD_COUNTER = r"""
+#define _GNU_SOURCE
+#include <stdatomic.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static atomic_long yields;
+
+/* Interposed on the extension's sched_yield (LD_PRELOAD): counted, then done. */
+int sched_yield(void) {
+    atomic_fetch_add(&yields, 1);
+    return (int)syscall(SYS_sched_yield);
+}
+
+long fc_test_yields(void) { return atomic_load(&yields); }
+"""
+
+YIELD_CHILD = """
+import ctypes, os, sys
+from fastcleanup import _cbulk
+
+count = ctypes.CDLL(None).fc_test_yields
+where = sys.argv[1]
+for n in (31, 32, 1000, 1024):
+    paths = [os.path.join(where, f"{n}-{k}") for k in range(n)]
+    for p in paths:
+        os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))
+    job = _cbulk.Job(paths, None)
+    before = count()
+    job.run()
+    print(n, count() - before, sum(map(os.path.exists, paths)))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="LD_PRELOAD and glibc")
+def test_a_job_yields_its_cpu_every_32_files(tmp_path: Path) -> None:
+    """README: every 32 files a lane thread yields its CPU, so a woken loop
+    thread never waits long for one. sched_yield is counted by a shim
+    preloaded into a child; the job runs in the child's thread, as a lane
+    thread runs it."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler for the counting shim")
+    (tmp_path / "shim.c").write_text(YIELD_COUNTER)
+    shim = tmp_path / "shim.so"
+    subprocess.run(
+        [compiler, "-shared", "-fPIC", "-O1", "-o", str(shim), str(tmp_path / "shim.c")],
+        check=True,
+    )
+    (tmp_path / "files").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", YIELD_CHILD, str(tmp_path / "files")],
+        env={**os.environ, "LD_PRELOAD": str(shim)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # Files in the job, yields during it, files left: one yield per 32 removed.
+    assert proc.stdout.split("\n")[:4] == ["31 0 0", "32 1 0", "1000 31 0", "1024 32 0"]
