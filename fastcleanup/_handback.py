@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from ._accounts import logger
 from ._batch import EXIT_RUNNERS, InProgress, Requeued, sync_at_exit
 from ._dispatcher import Dispatcher
 from ._intake import PUT, State
@@ -24,6 +25,8 @@ class Handback(Dispatcher):
     """Adoption by a new loop, and the exit handler's share of the queue."""
 
     __slots__ = ()
+
+    _name: str
 
     def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
         """Take back the unfinished tasks of batches whose loop is gone."""
@@ -62,6 +65,7 @@ class Handback(Dispatcher):
             if not batch.loop.is_running():
                 self._requeue(batch)
         tally, take = self._tally, self._queue.popleft
+        dropped: dict[str, int] = {}
         while self._queue:
             self._seq += 1
             try:
@@ -100,3 +104,13 @@ class Handback(Dispatcher):
                     tally.complete(kind)
             else:
                 tally.drop_at_exit(kind)
+                dropped[kind] = dropped.get(kind, 0) + 1
+        if dropped:
+            # Once per cleaner, not per task: at exit this line may be the only
+            # trace, as no scrape may come before the process is gone.
+            logger.warning(
+                "fastcleanup: cleaner %s dropped %d queued task(s) at exit, unrun: %s",
+                self._name,
+                sum(dropped.values()),
+                ", ".join(f"{kind} {n}" for kind, n in sorted(dropped.items())),
+            )
