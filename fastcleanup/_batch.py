@@ -31,8 +31,8 @@ __all__ = [
 DONE: Final = object()  # marks a finished slot in a batch (a task itself may be None)
 path_of = attrgetter("path")
 # Private task kinds that can also run without a loop, at interpreter exit:
-# their synchronous run (given the seconds left), by exact type. A
-# ScratchDir's release registers here.
+# their synchronous run (given the seconds left), by exact type. InProgress
+# registers below, a ScratchDir's release in _scratch.
 EXIT_RUNNERS: Final[dict[type, Callable[[Any, float], None]]] = {}
 
 
@@ -111,6 +111,9 @@ class InProgress:
         return f"{self.task!r} (in progress when its loop died)"
 
 
+EXIT_RUNNERS[InProgress] = InProgress.settle
+
+
 def plain_removal(cls: type) -> type | None:
     """``RemoveFile`` or ``RemoveTree`` when ``cls`` is one, or a subclass that keeps its ``run``.
 
@@ -125,13 +128,13 @@ def plain_removal(cls: type) -> type | None:
 
 
 def sync_at_exit(task: object) -> type | None:
-    """What runs ``task`` synchronously at exit: ``InProgress``, a plain removal, or None.
+    """What runs ``task`` synchronously at exit: an ``EXIT_RUNNERS`` kind, a plain removal, or None.
 
-    Also the type itself for a kind in ``EXIT_RUNNERS``. None for anything
-    whose ``run()`` needs a loop. Never raises: it runs in the exit handler.
+    None for anything whose ``run()`` needs a loop. Never raises: it runs
+    in the exit handler.
     """
     cls = type(task)
-    if cls is InProgress or cls in EXIT_RUNNERS:
+    if cls in EXIT_RUNNERS:
         return cls
     try:
         return plain_removal(cls)

@@ -12,7 +12,7 @@ import asyncio
 import time
 
 from ._accounts import logger
-from ._batch import EXIT_RUNNERS, InProgress, Requeued, sync_at_exit
+from ._batch import EXIT_RUNNERS, Requeued, sync_at_exit
 from ._dispatcher import Dispatcher
 from ._intake import PUT, State
 from ._paths import Refused, UnlinkJob, remove_tree_confined
@@ -85,9 +85,7 @@ class Handback(Dispatcher):
                 self._fail(kind, task, "invalid", None)
             elif (base := sync_at_exit(task)) is not None and time.monotonic() < deadline:
                 try:
-                    if base is InProgress:
-                        task.settle(max(0.0, deadline - time.monotonic()))
-                    elif base in EXIT_RUNNERS:
+                    if base in EXIT_RUNNERS:
                         EXIT_RUNNERS[base](task, max(0.0, deadline - time.monotonic()))
                     elif base is RemoveTree:
                         remove_tree_confined(task.path, self._roots)

@@ -292,11 +292,13 @@ class ScratchDir:
 
 
 def _release(path: str, base: str, fd: int) -> None:
+    """Remove ``path`` under ``base``, then close its lock ``fd`` (none if negative)."""
     try:
         if os.path.isdir(base):  # else it went, and our directory with it
             remove_tree_confined(path, Roots([base]))
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
 
 
 class _Release:
@@ -325,11 +327,9 @@ class _Release:
         if not self._mutex.acquire(timeout=timeout):
             raise TimeoutError(f"{self!r}: an earlier run is still removing it")
         try:
+            # A rerun finds the lock closed, and removes what is left of the tree.
             fd, self.fd = self.fd, -1
-            if fd >= 0:
-                _release(self.path, self.base, fd)
-            elif os.path.isdir(self.base):  # a rerun: the lock is gone, the tree may not be
-                remove_tree_confined(self.path, Roots([self.base]))
+            _release(self.path, self.base, fd)
         finally:
             self._mutex.release()
 
