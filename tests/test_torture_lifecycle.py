@@ -426,6 +426,15 @@ def run_child(code: str, scratch: Path, kind: str, **kw: Any) -> subprocess.Pope
     )
 
 
+def ended(proc: subprocess.Popen[str]) -> tuple[str, str, dict[str, int]]:
+    """Wait for a child that must exit 0 and print its final counters: out, err, counters."""
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    stats = child_stats(out)
+    assert stats is not None, out + err
+    return out, err, stats
+
+
 def child_stats(stdout: str) -> dict[str, int] | None:
     # Not only at the start of a line: a SystemExit can cut a print short.
     for line in stdout.splitlines():
@@ -501,10 +510,7 @@ def test_exit_with_pending_work(scratch: Path, kind: str) -> None:
         scratch,
         kind,
     )
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    stats = child_stats(out)
-    assert stats is not None, out + err
+    out, err, stats = ended(proc)
     pending = int(out.split("PENDING ")[1].split()[0])
     assert pending > 10_000, out  # most of it was still pending when main() returned
     # Every file and tree but the late one and the one whose own run() needs a loop: gone.
@@ -619,10 +625,7 @@ def test_exit_counts_removals_that_fail_as_failed(scratch: Path, kind: str) -> N
         scratch,
         kind,
     )
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    stats = child_stats(out)
-    assert stats is not None, out + err
+    out, _, stats = ended(proc)
     queued, failed = map(int, out.split("BEFORE_EXIT ")[1].split()[:2])
     # The five failures were still queued when the loop ended: only the exit work ran them.
     assert queued > 10_000 and failed == 0, out
