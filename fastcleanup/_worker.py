@@ -62,6 +62,8 @@ class BatchWorker(Accounts):
                     timer = loop.call_at(loop.time() + self._task_timeout, expire, batch, children)
                 if batch.files:
                     await self._remove_files(batch)
+            if batch.expired:
+                self._count_unstarted(batch)
         except BaseException:
             # The loop is dying, shutdown() gave up, or Ctrl-C / SystemExit hit
             # a cleanup: what did not finish goes back to the queue.
@@ -101,6 +103,23 @@ class BatchWorker(Accounts):
                 self._finish(batch, i, kind, "invalid", None)
             else:
                 children.append(tg.create_task(self._run_one(batch, i, task, kind)))
+
+    def _count_unstarted(self, batch: Batch) -> None:
+        """Count as timeouts the children that the deadline cancelled before their first step.
+
+        Such a child never enters ``_run_one``, so it cannot count itself.
+        uvloop runs due timers before the callbacks already queued: a loop
+        stopped or stalled past ``task_timeout`` just after a worker spawned
+        its children cancels them unstarted.
+        """
+        files = set(batch.files)
+        for i, task in enumerate(batch.tasks):
+            if task is not DONE and i not in files:
+                try:
+                    kind = kind_or_invalid(task)
+                except Exception:  # a type whose metaclass raises from __hash__
+                    kind = INVALID
+                self._finish(batch, i, kind, "timeout", None)
 
     async def _run_one(self, batch: Batch, i: int, task: Any, kind: str) -> None:
         try:

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import fastcleanup as fc
+from tests.conftest import loop_factory
 from tests.torture_helpers import (
     ErrorLogs,
     LoopErrors,
@@ -186,6 +187,49 @@ async def test_failure_injection_at_scale(scratch: Path, loop_kind: str) -> None
         deadlocks=0,
         seconds=round(elapsed, 2),
     )
+
+
+@pytest.mark.timeout(60)
+def test_a_deadline_that_passes_before_a_cleanup_starts_counts_a_timeout(loop_kind: str) -> None:
+    """The loop stops (or stalls) past ``task_timeout`` just after a worker
+    spawned its cleanups. uvloop then fires the deadline before they first
+    run: each is a timeout, none is left in flight, and drain() does not
+    return while one is."""
+    # Stop the loop after each of its first few turns: one of them falls
+    # between the spawn and the cleanups' first step.
+    unstarted = sum(stop_then_wait(loop_kind, turns, timeout=0.05) for turns in range(6))
+    if loop_kind == "uvloop":  # else the case never arose and this test proved nothing
+        assert unstarted > 0
+
+
+def stop_then_wait(loop_kind: str, turns: int, timeout: float) -> int:
+    """Submit 3 calls, stop the loop after ``turns`` turns, let the deadline pass,
+    drain; check the counts and return how many calls timed out unstarted."""
+    ran: list[int] = []
+
+    async def close(n: int) -> None:
+        ran.append(n)  # no await: a cleanup that starts completes
+
+    async def submit_then_stop() -> None:
+        cleaner.init_worker()
+        for n in range(3):
+            cleaner.submit(fc.Call(close, n))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+
+    registry = CollectorRegistry()
+    cleaner = fc.Cleaner(batch_size=3, task_timeout=timeout, registry=registry, name="late")
+    with asyncio.Runner(loop_factory=loop_factory(loop_kind)) as runner:
+        runner.run(submit_then_stop())
+        time.sleep(timeout * 2)  # no loop runs: the batch's deadline passes
+        assert runner.run(cleaner.drain(timeout=10)), cleaner.stats()
+        s = cleaner.stats()
+        assert (s.queued, s.in_flight, s.completed) == (0, 0, len(ran)), (turns, s)
+        assert conserved(s), s
+        want = Counter({("call", "timeout"): 3 - len(ran)})
+        assert failures_by_reason(scrape(registry)) == want, turns
+        assert runner.run(cleaner.shutdown(timeout=1))
+    return 3 - len(ran)
 
 
 @pytest.mark.timeout(60)
