@@ -7,6 +7,7 @@ asserted is what each part did: files removed, calls run, items received.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import re
@@ -28,6 +29,7 @@ from fastcleanup.bench.cli import (
     fit_sizes,
     main,
     measure_calls,
+    render,
     targets,
 )
 from fastcleanup.bench.competitors import CONFINED, FILE_COMPETITORS, busy_loop, confined_to
@@ -36,11 +38,13 @@ from fastcleanup.bench.harness import (
     Burst,
     BurstSession,
     Competitor,
+    FileSet,
     Measurement,
     make_files,
     percentile,
     run_files,
     summarize,
+    tmpfs_among,
 )
 from fastcleanup.bench.micro import bytes_per_queued_remove_file, submit_costs
 from tests.helpers import listed_options, run_command
@@ -270,6 +274,7 @@ def test_main_quick_prints_the_comparison(
     assert list(work.iterdir()) == []  # every burst's files and directories are gone
     assert chart.stat().st_size > 1000
     assert re.search(r"compiled file lane: (yes|no|unknown)", out.splitlines()[0])
+    assert out.splitlines()[0].endswith(f"; files in {work}")
     for sc in SCENARIOS:
         ratios = _ratios(out, sc.key)
         assert list(ratios) == list(sc.names)
@@ -322,7 +327,7 @@ def test_fit_sizes_keeps_file_creation_within_the_budget() -> None:
 def test_main_on_a_slow_disk_shrinks_the_bursts_and_says_so(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(bench_cli, "creation_rate", lambda parent=None: 400.0)
+    monkeypatch.setattr(bench_cli, "creation_rate", lambda parent=None, n=0: 400.0)
     argv = ["--quick", "--only", "unlink-1-thread", *_SMALL[4:], "--dir", str(tmp_path)]
     assert main(argv) == 0
     captured = capsys.readouterr()
@@ -338,6 +343,54 @@ def test_main_on_a_slow_disk_shrinks_the_bursts_and_says_so(
     captured = capsys.readouterr()
     assert "files/s; bursts of" not in captured.err
     assert "700" in captured.out.split("\none-dir: ")[1].split("\n\n")[0]
+
+
+def test_render_says_when_the_bursts_are_smaller_than_the_targets_size() -> None:
+    def rendered(files: int) -> str:
+        def m(name: str, seconds: float) -> Measurement:
+            return Measurement(name, "uvloop", files, seconds, 1.0, 4.0, 3.0, 1.0)
+
+        rows = {n: m(n, s) for n, s in (("unlink-1-thread", 1.0), ("fastcleanup-uvloop", 0.5))}
+        slow = {n: m(n, s) for n, s in (("gather-aiofiles", 10.0), ("fastcleanup-uvloop", 0.5))}
+        report = Report({"one-dir": rows, "per-file": slow}, {}, [], None)
+        out = io.StringIO()
+        render(report, out, calls=0, repeat=3)
+        return out.getvalue()
+
+    note = "(the file targets are stated for bursts of 100,000 files, larger than this run's"
+    assert note in rendered(20_000)
+    assert "targets (ratios" in rendered(100_000) and note not in rendered(100_000)
+
+
+def test_tmpfs_among_picks_the_first_writable_tmpfs_candidate() -> None:
+    mounts = (
+        "/dev/vda / ext4 rw,relatime 0 0\n"
+        "tmpfs /run tmpfs rw,nosuid 0 0\n"
+        "tmpfs /dev/shm tmpfs rw,nosuid,nodev 0 0\n"
+        "tmpfs /ro tmpfs ro,nosuid 0 0\n"
+    )
+    assert tmpfs_among(["/tmp", "/dev/shm"], mounts) == "/dev/shm"  # /tmp is on the disk
+    assert tmpfs_among(["/run", "/dev/shm"], mounts) == "/run"  # the order given wins
+    assert tmpfs_among(["/ro", "/"], mounts) is None  # read-only, and not a tmpfs
+    assert tmpfs_among(["/dev/shm"], "") is None
+
+
+def test_main_without_dir_creates_its_files_in_the_default_dir(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setattr(bench_cli, "default_dir", lambda: str(tmp_path))
+    made: list[str] = []
+
+    def spy(n: int, parent: str | None = None, dirs: int = 1) -> FileSet:
+        made.append(str(parent))
+        return make_files(n, parent, dirs)
+
+    monkeypatch.setattr(bench_cli, "make_files", spy)
+    argv = ["--quick", "--only", "unlink-1-thread", "--scenario", "one-dir", *_SMALL[:4]]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(f"; files in {tmp_path}")
+    assert made and all(os.path.dirname(p) == str(tmp_path) for p in made), made
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_main_rejects_a_size_below_one(capsys: pytest.CaptureFixture[str]) -> None:
