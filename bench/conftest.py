@@ -22,15 +22,15 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 import fastcleanup as fc
-from fastcleanup.bench.cli import SCENARIOS
-from fastcleanup.bench.competitors import (
+from bench.cli import SCENARIOS
+from bench.competitors import (
     CALL_COMPETITORS,
     FILE_COMPETITORS,
     busy_loop,
     file_competitor,
     trivial,
 )
-from fastcleanup.bench.harness import (
+from bench.harness import (
     BenchError,
     BurstSession,
     Competitor,
@@ -40,7 +40,7 @@ from fastcleanup.bench.harness import (
     make_files,
     summarize,
 )
-from fastcleanup.bench.micro import SubmitHost, bytes_per_queued_remove_file
+from bench.micro import SubmitHost, bytes_per_queued_remove_file
 
 QUICK = os.environ.get("FASTCLEANUP_BENCH_FULL", "") in ("", "0")
 SIZES = (1_000,) if QUICK else (1_000, 10_000, 100_000)
@@ -62,7 +62,7 @@ def _short(n: int) -> str:
 def pytest_report_header() -> str:
     mode = "quick" if QUICK else "full"
     return (
-        f"fastcleanup bench: {mode}, files {', '.join(map(_short, SIZES))}, "
+        f"bench: {mode}, files {', '.join(map(_short, SIZES))}, "
         f"calls {', '.join(map(_short, CALL_COUNTS))}, {ROUNDS} round(s), loop {LOOP}"
     )
 

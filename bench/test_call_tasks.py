@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from fastcleanup.bench.harness import Measurement
+from bench.harness import Measurement
 
 
 def test_call_tasks(

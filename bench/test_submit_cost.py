@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from fastcleanup.bench.micro import SUBMIT_VARIANTS
+from bench.micro import SUBMIT_VARIANTS
 
 
 @pytest.mark.parametrize("variant", SUBMIT_VARIANTS)

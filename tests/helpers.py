@@ -25,16 +25,18 @@ def assert_conserved(stats: fc.Stats) -> None:
     assert stats.submitted == total, stats
 
 
-def run_command(*args: str, module: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run this environment's ``fastcleanup`` script, or ``python -m fastcleanup`` if ``module``."""
-    # The console script sits beside the interpreter (a venv's bin/), as pip installs it.
-    command = (
-        [sys.executable, "-m", "fastcleanup"]
-        if module
-        else [str(Path(sys.executable).with_name("fastcleanup"))]
-    )
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m module args...`` from the project's root, as README runs bench and examples."""
     return subprocess.run(
-        [*command, *args], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=PROJECT_ROOT,
     )
 
 

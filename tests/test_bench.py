@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 import fastcleanup as fc
-from fastcleanup import _tasks
-from fastcleanup.bench import cli as bench_cli
-from fastcleanup.bench.cli import (
+from bench import cli as bench_cli
+from bench.cli import (
     SCENARIOS,
     Report,
     Target,
@@ -32,8 +31,8 @@ from fastcleanup.bench.cli import (
     render,
     targets,
 )
-from fastcleanup.bench.competitors import CONFINED, FILE_COMPETITORS, busy_loop, confined_to
-from fastcleanup.bench.harness import (
+from bench.competitors import CONFINED, FILE_COMPETITORS, busy_loop, confined_to
+from bench.harness import (
     BenchError,
     Burst,
     BurstSession,
@@ -46,8 +45,9 @@ from fastcleanup.bench.harness import (
     summarize,
     tmpfs_among,
 )
-from fastcleanup.bench.micro import bytes_per_queued_remove_file, submit_costs
-from tests.helpers import listed_options, run_command
+from bench.micro import bytes_per_queued_remove_file, submit_costs
+from fastcleanup import _tasks
+from tests.helpers import listed_options, run_module
 
 
 @pytest.mark.parametrize(
@@ -401,8 +401,8 @@ def test_main_rejects_a_size_below_one(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_bench_help_lists_every_option_readme_names() -> None:
-    """``fastcleanup bench --help`` exits 0 and shows its options, among them all README names."""
-    proc = run_command("bench", "--help")
+    """``python -m bench --help`` exits 0 and shows its options, among them all README names."""
+    proc = run_module("bench", "--help")
     assert proc.returncode == 0, proc.stderr
     options = listed_options(bench_cli._parser())
     shown = proc.stdout.split("\noptions:\n", 1)[1]

@@ -1,4 +1,4 @@
-"""``fastcleanup demo``: crawls to the end, leaks nothing, and prints what /metrics served."""
+"""``python -m examples.demo``: crawls to the end, leaks nothing, shows what /metrics served."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import ipaddress
 import json
 import math
 import re
-import subprocess
-import sys
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -16,10 +14,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastcleanup.demo.cli import _parser, main
-from fastcleanup.demo.crawl import PAGES_PER_SITE, plan
-from fastcleanup.demo.report import quantile_bound, read_metrics
-from tests.helpers import listed_options, run_command
+from examples.demo.cli import _parser, main
+from examples.demo.crawl import PAGES_PER_SITE, plan
+from examples.demo.report import quantile_bound, read_metrics
+from tests.helpers import listed_options, run_module
 
 COUNTERS = ("submitted", "completed", "failed", "dropped_at_exit", "queued", "in_flight")
 
@@ -128,13 +126,7 @@ def test_demo_as_a_subprocess(tmp_path: Path) -> None:
     """What README's "Two commands" says of a demo run with no options but its size."""
     out = tmp_path / "summary.json"
     pages = 30
-    proc = subprocess.run(
-        [sys.executable, "-m", "fastcleanup", "demo", "--pages", str(pages), "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_module("examples.demo", "--pages", str(pages), "--json", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(out.read_text())
     assert summary["leak_check"]["ok"]
@@ -151,7 +143,7 @@ def test_demo_as_a_subprocess(tmp_path: Path) -> None:
     # "serves /metrics on 127.0.0.1": the scrape above came from there.
     assert urllib.parse.urlsplit(summary["metrics"]["url"]).hostname == "127.0.0.1"
     # "starts a local test site": the pages it crawls come from a loopback address.
-    site = re.search(rf"^fastcleanup demo: {pages} pages of \d+ sites at (\S+), ", proc.stdout)
+    site = re.search(rf"^demo: {pages} pages of \d+ sites at (\S+), ", proc.stdout)
     assert site is not None, proc.stdout
     host = urllib.parse.urlsplit(site[1]).hostname
     assert host is not None and ipaddress.ip_address(host).is_loopback, site[1]
@@ -183,21 +175,14 @@ def test_demo_as_a_subprocess(tmp_path: Path) -> None:
 
 def test_demo_as_a_subprocess_exits_1_on_a_leak() -> None:
     """README: "exit status 1 if anything leaked"; the leaked file goes with the scratch dir."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "fastcleanup", "demo", "--pages", "10", "--slow-rate", "0",
-         "--leak", "1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )  # fmt: skip
+    proc = run_module("examples.demo", "--pages", "10", "--slow-rate", "0", "--leak", "1")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert re.search(r"^  leak check +LEAK +1 stray files", proc.stdout, re.M), proc.stdout
 
 
 def test_demo_help_lists_its_options() -> None:
-    """``fastcleanup demo --help`` exits 0 and shows every option but the hidden one."""
-    proc = run_command("demo", "--help")
+    """``python -m examples.demo --help`` exits 0 and shows every option but the hidden one."""
+    proc = run_module("examples.demo", "--help")
     assert proc.returncode == 0, proc.stderr
     options = listed_options(_parser())
     assert {"--pages", "--metrics-port", "--json", "--loop"} <= set(options)
@@ -218,7 +203,7 @@ def test_demo_help_lists_its_options() -> None:
 )
 def test_demo_rejects_bad_options(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(args) == 2
-    assert "usage: fastcleanup demo" in capsys.readouterr().err
+    assert "usage: python -m examples.demo" in capsys.readouterr().err
 
 
 def test_demo_refuses_a_scratch_dir_with_files_in_it(

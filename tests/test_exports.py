@@ -3,12 +3,7 @@ import inspect
 import re
 from pathlib import Path
 
-import pytest
-
 import fastcleanup as fc
-from tests.helpers import run_command
-
-ENTRY_POINTS = pytest.mark.parametrize("module", [False, True], ids=["script", "python-m"])
 
 
 def test_public_names_are_pinned() -> None:
@@ -41,21 +36,3 @@ def test_readme_states_the_real_defaults() -> None:
     for shutdown in (fc.shutdown, fc.Cleaner.shutdown):
         assert inspect.signature(shutdown).parameters["timeout"].default == 10
     assert "fc.shutdown(timeout=10)" in readme
-
-
-@ENTRY_POINTS
-def test_help_lists_the_commands(module: bool) -> None:
-    """``fastcleanup --help`` and ``python -m fastcleanup --help``: exit 0, both commands listed."""
-    proc = run_command("--help", module=module)
-    assert proc.returncode == 0, proc.stderr
-    for command in ("demo", "bench"):
-        assert re.search(rf"^  {command}  +\w", proc.stdout, re.M), proc.stdout
-    assert proc.stderr == ""
-
-
-@ENTRY_POINTS
-def test_an_unknown_command_exits_2_and_says_so_on_stderr(module: bool) -> None:
-    proc = run_command("cleanup-everything", module=module)
-    assert proc.returncode == 2
-    assert "unknown command 'cleanup-everything'" in proc.stderr
-    assert proc.stdout == ""

@@ -4,7 +4,7 @@ The import graph is read from the source (``ast``), so it sees imports inside
 functions too, which an import at run time would only meet when the function
 runs. Imports under ``if TYPE_CHECKING:`` never run and so cannot form an
 import cycle; they still count for the layering check, since a library
-module that names ``fastcleanup.bench`` even for its types depends on it.
+module that names ``bench`` even for its types depends on it.
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import fastcleanup
 
 PACKAGE = Path(fastcleanup.__file__).parent
-APPS = ("fastcleanup.bench", "fastcleanup.demo")  # the commands' subpackages, not the library
+PROJECT = Path(__file__).resolve().parent.parent
+OUTSIDE = ("bench", "examples", "tests")  # the checkout's other packages: never installed
 
 
 def module_files(root: Path = PACKAGE) -> dict[str, Path]:
@@ -172,18 +174,7 @@ def test_every_module_imports_alone() -> None:
         if proc.returncode != 0:
             failed[name] = err.strip().splitlines()[-1:]
     assert not failed, failed
-    assert {"fastcleanup", "fastcleanup.bench.cli", "fastcleanup.demo.cli"} <= set(names)
-
-
-def _is_app(name: str) -> bool:
-    return any(name == a or name.startswith(a + ".") for a in APPS)
-
-
-def test_no_import_cycle_among_the_commands() -> None:
-    apps = {n: {t for t in ts if _is_app(t)} for n, ts in import_graph().items() if _is_app(n)}
-    assert "fastcleanup.bench.harness" in apps["fastcleanup.bench.cli"]
-    cycle = find_cycle(apps)
-    assert cycle is None, "import cycle: " + " -> ".join(cycle or ())
+    assert {"fastcleanup", "fastcleanup._cleaner", "fastcleanup.metrics"} <= set(names)
 
 
 def test_no_import_cycle() -> None:
@@ -197,15 +188,36 @@ def test_no_import_cycle_even_for_types() -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or ())
 
 
-def test_the_library_never_imports_the_commands() -> None:
-    graph = import_graph(typing_too=True)
-    assert "fastcleanup.demo.report" in graph  # the apps are in the graph, and seen importing
-    assert "fastcleanup.bench.harness" in graph["fastcleanup.demo.report"]
+def outside_imports(path: Path) -> list[str]:
+    """The modules of the checkout's other packages (``OUTSIDE``) that ``path`` imports."""
+    found = []
+    for node in _imports(ast.parse(path.read_text(), str(path)), typing_too=True):
+        if isinstance(node, ast.Import):
+            heads = [alias.name for alias in node.names]
+        else:
+            heads = [node.module or ""] if node.level == 0 else []
+        found += [h for h in heads if h.split(".")[0] in OUTSIDE]
+    return sorted(found)
 
-    offenders = {
-        name: sorted(filter(_is_app, targets))
-        for name, targets in graph.items()
-        if not _is_app(name) and any(map(_is_app, targets))
-    }
-    # __main__ is the commands' dispatcher: the one module that must import them.
-    assert offenders == {"fastcleanup.__main__": ["fastcleanup.bench.cli", "fastcleanup.demo.cli"]}
+
+def test_outside_imports_are_seen(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import os, bench.cli\nfrom .bench import x\ndef f():\n    from examples.demo import cli\n"
+    )
+    assert outside_imports(probe) == ["bench.cli", "examples.demo"]
+
+
+def test_the_library_never_imports_the_checkouts_other_packages() -> None:
+    """bench/, examples/ and tests/ are not installed: a library module naming one would break."""
+    offenders = {name: outside_imports(path) for name, path in module_files().items()}
+    assert {name: found for name, found in offenders.items() if found} == {}
+
+
+def test_only_the_library_is_installed() -> None:
+    """The wheel holds ``fastcleanup`` alone, and the package no command or benchmark."""
+    pyproject = tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["tool"]["setuptools"]["packages"] == ["fastcleanup"]
+    assert "scripts" not in pyproject["project"]
+    assert [p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"] == []
+    assert not (PACKAGE / "__main__.py").exists()

@@ -1,4 +1,4 @@
-"""The measuring side of ``fastcleanup bench``: fresh files, probes, one timed burst.
+"""The measuring side of ``python -m bench``: fresh files, probes, one timed burst.
 
 A burst runs on an event loop that also carries two probes a host
 application cares about:

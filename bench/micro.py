@@ -1,4 +1,4 @@
-"""Untimed-burst measurements of ``fastcleanup bench``: hand-off cost and queue memory.
+"""Untimed-burst measurements of ``python -m bench``: hand-off cost and queue memory.
 
 Submit cost: the calling thread is a *foreign* thread; the consumer's loop
 runs in a thread of its own and is held blocked (in a ``threading.Event``

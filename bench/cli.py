@@ -1,6 +1,6 @@
-"""``fastcleanup bench``: fastcleanup against the usual ways to clean up a burst.
+"""``python -m bench``: fastcleanup against the usual ways to clean up a burst.
 
->>> from fastcleanup.bench.cli import main
+>>> from bench.cli import main
 >>> main(["--quick"])        # a short run: a table, targets met or missed
 0
 
@@ -268,7 +268,7 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """What one ``fastcleanup bench`` run measured (every figure a median).
+    """What one ``python -m bench`` run measured (every figure a median).
 
     ``bursts`` maps a scenario's key (see ``SCENARIOS``) to its competitors.
     """
@@ -542,7 +542,7 @@ def plot(report: Report, path: str) -> None:
     right.barh(y, stalls, color=colors)
     right.set_xscale("log")
     right.set_xlabel("event loop stall p99, ms (log, lower is better)")
-    fig.suptitle("fastcleanup bench: bursts of file removals")
+    fig.suptitle("bench: bursts of file removals")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -553,7 +553,7 @@ def plot(report: Report, path: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="fastcleanup bench",
+        prog="python -m bench",
         description=(
             "Remove bursts of fresh files with fastcleanup (default and with allowed_roots) "
             "and with the usual ways, in one directory, over 100 directories and beside a "
@@ -623,8 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     n_queued = pick("queued", args.queued, 50_000, 200_000)
     if args.plot and not _importable("matplotlib"):
         print(
-            "fastcleanup bench: --plot needs matplotlib; install it with "
-            "pip install 'fastcleanup[plot]'",
+            "bench: --plot needs matplotlib; install it with pip install 'fastcleanup[plot]'",
             file=sys.stderr,
         )
         return 2
@@ -649,11 +648,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base = tempfile.mkdtemp(prefix="fastcleanup-bench-", dir=where)
     except OSError as exc:
-        print(f"fastcleanup bench: {exc}", file=sys.stderr)
+        print(f"bench: {exc}", file=sys.stderr)
         return 2
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
-        f"fastcleanup bench: loop {loop}, {os.cpu_count()} CPUs, load average {load}; "
+        f"bench: loop {loop}, {os.cpu_count()} CPUs, load average {load}; "
         f"compiled file lane: {compiled_unlink()}; files in {os.path.dirname(base)}",
         flush=True,
     )
@@ -668,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
                 n_files, n_slow = fitted
                 elsewhere = " or --dir a tmpfs such as /dev/shm" if args.dir is None else ""
                 print(
-                    f"fastcleanup bench: this directory creates about {rate:,.0f} files/s; "
+                    f"bench: this directory creates about {rate:,.0f} files/s; "
                     f"bursts of {n_files:,} files ({n_slow:,} for the per-file designs) keep "
                     f"the setup near {budget:.0f} s; such small bursts are noisy (--files and "
                     f"--slow-files set the sizes{elsewhere})",
@@ -682,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
             if not names:
                 continue
             size = n_slow if sc.slow else n_files
-            print(f"fastcleanup bench: {sc.key} ({size:,} files)...", file=sys.stderr, flush=True)
+            print(f"bench: {sc.key} ({size:,} files)...", file=sys.stderr, flush=True)
             bursts[sc.key] = compare_files(
                 names,
                 size,
@@ -693,16 +692,16 @@ def main(argv: list[str] | None = None) -> int:
                 busy=sc.busy,
                 progress=progress,
             )
-        print("fastcleanup bench: Call tasks...", file=sys.stderr, flush=True)
+        print("bench: Call tasks...", file=sys.stderr, flush=True)
         calls = compare_calls(call_names, n_calls, repeat, loop=loop, progress=progress)
         costs: list[SubmitCost] = []
         per_task: float | None = None
         if not args.only:
-            print("fastcleanup bench: submit cost, memory...", file=sys.stderr, flush=True)
+            print("bench: submit cost, memory...", file=sys.stderr, flush=True)
             costs = submit_costs(n_submit, 3 if quick else 7)
             per_task = bytes_per_queued_remove_file(n_queued, loop)
     except (BenchError, OSError) as exc:
-        print(f"fastcleanup bench: {exc}", file=sys.stderr)
+        print(f"bench: {exc}", file=sys.stderr)
         return 2
     finally:
         shutil.rmtree(base, ignore_errors=True)

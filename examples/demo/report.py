@@ -10,8 +10,6 @@ from typing import Any, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..bench.harness import percentile
-
 __all__ = ["Progress", "StallTicker", "quantile_bound", "read_metrics", "render_table"]
 
 
@@ -44,7 +42,8 @@ class StallTicker:
     def summary(self) -> dict[str, float]:
         if not self.late:
             return {"ticks": 0, "p99_ms": 0.0, "max_ms": 0.0}
-        p99 = percentile(self.late, 99)
+        ordered = sorted(self.late)
+        p99 = ordered[max(1, math.ceil(0.99 * len(ordered))) - 1]  # nearest rank
         return {"ticks": len(self.late), "p99_ms": p99 * 1e3, "max_ms": max(self.late) * 1e3}
 
 
@@ -152,7 +151,7 @@ def _mib(n: int) -> str:
 
 
 def render_table(s: dict[str, Any]) -> str:
-    """The closing table of ``fastcleanup demo``, drawn from its JSON summary."""
+    """The closing table of the demo, drawn from its JSON summary."""
     p, f, c, lat, leak = s["pages"], s["files"], s["cleanup"], s["latency"], s["leak_check"]
     stall, idle = s["loop_stall"], s["loop_stall"]["idle"]
     done = c["completed_by_kind"]
@@ -186,7 +185,7 @@ def render_table(s: dict[str, Any]) -> str:
          f"{len(leak['leftovers'])} stray files, {len(leak['damaged'])} damaged pages"
          f" in {s['scratch']}"),
     ]  # fmt: skip
-    out = [f"\nfastcleanup demo: {p['total']} pages in {s['elapsed_s']:.1f} s on {s['loop']}\n"]
+    out = [f"\ndemo: {p['total']} pages in {s['elapsed_s']:.1f} s on {s['loop']}\n"]
     out.extend(f"  {name:<16}{value!s:>6}  {detail}" for name, value, detail in rows)
     out.extend(f"    left behind: {path}" for path in leak["leftovers"][:10])
     if len(leak["leftovers"]) > 10:

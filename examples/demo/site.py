@@ -1,7 +1,7 @@
 """The demo's local test site: pages that load, break off mid-body, or trickle in.
 
-``fastcleanup demo`` runs it as a child process (``python -m
-fastcleanup.demo.site``) so that serving pages never competes with the
+The demo runs it as a child process (``python -m examples.demo.site``, from
+the project's root) so that serving pages never competes with the
 crawler's loop for the GIL: the loop-stall figure of the demo then measures
 the crawler and its cleanup alone. The child prints ``port N`` once it
 listens on 127.0.0.1 and exits when its stdin closes, so it cannot outlive

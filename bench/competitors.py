@@ -1,4 +1,4 @@
-"""The competitors of ``fastcleanup bench``: the usual ways to remove a burst of files.
+"""The competitors of ``python -m bench``: the usual ways to remove a burst of files.
 
 Producers that hand work over one item at a time do it as an application
 would: in slices of ``SLICE`` items with a yield to the loop between slices
@@ -45,7 +45,7 @@ SLICE: Final = 256  # items a producer hands over between two yields to the loop
 BATCH: Final = 64  # the Rust reference's DISPATCH_BATCH, and the TaskGroup baseline's batch
 _WAIT: Final = 600.0  # no burst of ours takes ten minutes: past that, something is stuck
 
-logger = logging.getLogger("fastcleanup.bench")
+logger = logging.getLogger("bench")
 
 Paths = Sequence[str]
 

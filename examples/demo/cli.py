@@ -1,4 +1,4 @@
-"""``fastcleanup demo``: crawl a local test site and show fastcleanup at work.
+"""``python -m examples.demo``: crawl a local test site and show fastcleanup at work.
 
 A child process serves pages that load, break off mid-body, or trickle in
 (:mod:`.site`); a crawler on uvloop fetches them site by site
@@ -49,7 +49,7 @@ _IDLE_BASELINE = 0.3  # seconds of ticking before the crawl
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="fastcleanup demo",
+        prog="python -m examples.demo",
         description="Crawl a local test site and show fastcleanup at work: every temp file, "
         "partial download and browser profile is removed in the background by guards.",
     )
@@ -130,7 +130,7 @@ def _check(args: argparse.Namespace) -> str | None:
     return None
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the demo; 0 if all went well, 1 if anything leaked, 2 on bad usage."""
     parser = _parser()
     try:
@@ -140,14 +140,14 @@ def main(argv: list[str]) -> int:
     problem = _check(args)
     if problem is not None:
         parser.print_usage(sys.stderr)
-        print(f"fastcleanup demo: {problem}", file=sys.stderr)
+        print(f"demo: {problem}", file=sys.stderr)
         return 2
     if importlib.util.find_spec("aiohttp") is None:
-        print("fastcleanup demo needs aiohttp: pip install 'fastcleanup[demo]'", file=sys.stderr)
+        print("demo: needs aiohttp: pip install 'fastcleanup[demo]'", file=sys.stderr)
         return 2
     use_uvloop = None if args.loop is None else args.loop == "uvloop"
     if use_uvloop and importlib.util.find_spec("uvloop") is None:
-        print("fastcleanup demo: --loop uvloop, but uvloop is not installed", file=sys.stderr)
+        print("demo: --loop uvloop, but uvloop is not installed", file=sys.stderr)
         return 2
 
     from .report import render_table
@@ -161,10 +161,10 @@ def main(argv: list[str]) -> int:
     try:
         summary = _summary(args, scratch, fc.run(_demo(args, scratch), use_uvloop=use_uvloop))
     except KeyboardInterrupt:
-        print("fastcleanup demo: interrupted", file=sys.stderr)
+        print("demo: interrupted", file=sys.stderr)
         return 130
     except _CannotStart as exc:
-        print(f"fastcleanup demo: {exc}", file=sys.stderr)
+        print(f"demo: {exc}", file=sys.stderr)
         return 2
     finally:
         if not args.keep:
@@ -182,6 +182,9 @@ def main(argv: list[str]) -> int:
     return code
 
 
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
 class _CannotStart(Exception):
     """The demo could not set up (a port taken, the test site dead); the message says why."""
 
@@ -192,7 +195,8 @@ async def _local_site() -> AsyncIterator[str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "fastcleanup.demo.site",
+        "examples.demo.site",
+        cwd=_PROJECT_ROOT,  # where ``examples`` is a package, wherever the demo was started
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -269,7 +273,7 @@ async def _demo(args: argparse.Namespace, scratch: Path) -> _Run:
             leak=args.leak,
         )
         print(
-            f"fastcleanup demo: {args.pages} pages of {len(sites)} sites at {base}, "
+            f"demo: {args.pages} pages of {len(sites)} sites at {base}, "
             f"{args.concurrency} sites at a time, on {loop_name}\n"
             f"  metrics  {server.url}  (while the demo runs)\n"
             f"  scratch  {scratch}",

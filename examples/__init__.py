@@ -1,0 +1,1 @@
+"""Programs that embed fastcleanup; run them from the project's root (see each module)."""
