@@ -26,7 +26,10 @@ PUT, IDLE = 0, 1  # slots of Intake._hot (the submit closure spells them as lite
 
 
 def submitter(hot: list[Any]) -> Callable[[CleanupTask], None]:
-    def submit(task: CleanupTask, *, _hot: list[Any] = hot) -> None:
+    # ``hot`` is a closure cell rather than a keyword-only default: CPython
+    # specializes calls only to functions without keyword-only parameters,
+    # and the specialized call makes submit about a fifth cheaper.
+    def submit(task: CleanupTask) -> None:
         """Hand ``task`` over; it runs on the cleaner's loop.
 
         Never raises and never blocks: safe in ``__del__``, ``weakref.finalize``
@@ -37,9 +40,9 @@ def submitter(hot: list[Any]) -> Callable[[CleanupTask], None]:
         ``shutdown()`` the task goes to the refusal counter instead.
         """
         try:
-            _hot[0](task)
-            if _hot[1]:
-                _hot[2]()
+            hot[0](task)
+            if hot[1]:
+                hot[2]()
         except Exception:  # submit must never raise; only MemoryError could get here
             pass
 
