@@ -54,7 +54,6 @@ __all__ = [
     "Report",
     "Scenario",
     "Target",
-    "against_ceiling",
     "compare_calls",
     "compare_files",
     "compiled_unlink",
@@ -246,13 +245,20 @@ def compare_calls(
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One target and where this run stands."""
+    """One target and where this run stands.
+
+    ``ceiling`` is what the kernel's ceiling (``CEILING``) reached on the
+    same ratio in this run, for a throughput target: when it is below the
+    limit, no design could have met the target in this run, and the line
+    says so.
+    """
 
     what: str
     value: float
     limit: float
     higher_is_better: bool
     unit: str = "x"
+    ceiling: float | None = None
 
     @property
     def met(self) -> bool:
@@ -260,10 +266,18 @@ class Target:
             return False
         return self.value >= self.limit if self.higher_is_better else self.value <= self.limit
 
+    @property
+    def out_of_reach(self) -> bool:
+        """The ceiling itself missed the limit in this run."""
+        return self.ceiling is not None and self.ceiling < self.limit
+
     def line(self) -> str:
         sign = ">=" if self.higher_is_better else "<="
         word = "met   " if self.met else "MISSED"
-        return f"  [{word}] {self.what}: {_num(self.value)}{self.unit} ({sign} {_num(self.limit)})"
+        bound = f"{sign} {_num(self.limit)}"
+        if self.out_of_reach and not self.met:
+            bound += f"; out of reach in this run: {CEILING} reached {_num(self.ceiling or 0)}x"
+        return f"  [{word}] {self.what}: {_num(self.value)}{self.unit} ({bound})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,13 +309,20 @@ def targets(report: Report) -> list[Target]:
         value = _ratio(rows, name, base)
         if value is not None:
             size = rows[name].items
-            out.append(Target(f"{key}, {size:,} files: {name} vs {base}", value, limit, True))
+            ceiling = _ratio(rows, CEILING, base) if base == BASELINE else None
+            what = f"{key}, {size:,} files: {name} vs {base}"
+            out.append(Target(what, value, limit, True, ceiling=ceiling))
 
     ratio("one-dir", OURS, BASELINE, 1.5)
     ratio("one-dir", CONFINED, BASELINE, 1.5)
     ratio("one-dir", CONFINED, OURS, 0.9)
     ratio("100-dirs", OURS, BASELINE, 1.8)
     ratio("100-dirs", CONFINED, BASELINE, 1.8)
+    # The machine's own limit, measured beside them: the fixed ratios above
+    # hold only where the kernel lets two threads go that much faster than one.
+    for key in ("one-dir", "100-dirs", "busy-loop"):
+        ratio(key, OURS, CEILING, 0.9)
+        ratio(key, CONFINED, CEILING, 0.9)
     ratio("per-file", OURS, NAIVE, 10.0)
     ours = report.bursts.get("one-dir", {}).get(OURS)
     if ours is not None:
@@ -494,22 +515,6 @@ def render(report: Report, out: TextIO, *, calls: int, repeat: int) -> None:
                 f"larger than this run's: --files {TARGET_FILES} --dir /dev/shm measures them)",
                 file=out,
             )
-    lines = against_ceiling(report)
-    if lines:
-        print(f"\nagainst the kernel's ceiling ({CEILING}) in this run:", file=out)
-        for line in lines:
-            print(line, file=out)
-
-
-def against_ceiling(report: Report) -> list[str]:
-    """What fastcleanup reaches of two C threads unlinking with no Python, per scenario."""
-    out = []
-    for key, rows in report.bursts.items():
-        for name in (OURS, CONFINED):
-            value = _ratio(rows, name, CEILING)
-            if value is not None:
-                out.append(f"  {key}, {rows[name].items:,} files: {name}: {_num(value)}x")
-    return out
 
 
 def plot(report: Report, path: str) -> None:

@@ -22,7 +22,6 @@ from bench.cli import (
     SCENARIOS,
     Report,
     Target,
-    against_ceiling,
     compare_files,
     compiled_unlink,
     fit_sizes,
@@ -226,12 +225,27 @@ def test_targets_compare_within_the_run() -> None:
     assert not found["bytes per queued RemoveFile"].met
     assert "[MISSED]" in found["bytes per queued RemoveFile"].line()
     assert not Target("nan", math.nan, 1.0, True).met
-    assert against_ceiling(report) == []  # no bulk-2-threads in this run
-    report.bursts["one-dir"]["bulk-2-threads"] = m("bulk-2-threads", 0.4)
-    assert against_ceiling(report) == [
-        "  one-dir, 1,000 files: fastcleanup-uvloop: 0.80x",
-        f"  one-dir, 1,000 files: {CONFINED}: 0.50x",
-    ]
+    # No bulk-2-threads in this run: no target against it, and no target out of reach.
+    assert not [t for t in found.values() if "bulk-2-threads" in t.what or t.out_of_reach]
+
+    # The ceiling ran at 1.25x the loop (a time of 0.8): a 1.5x target is out of reach.
+    report.bursts["one-dir"]["bulk-2-threads"] = m("bulk-2-threads", 0.8)
+    found = {t.what: t for t in targets(report)}
+    shares = found["one-dir, 1,000 files: fastcleanup-uvloop vs bulk-2-threads"]
+    assert (shares.value, shares.limit, shares.met) == (1.6, 0.9, True)
+    confined_share = found[f"one-dir, 1,000 files: {CONFINED} vs bulk-2-threads"]
+    assert (confined_share.value, confined_share.met) == (1.0, True)
+    confined = found[f"one-dir, 1,000 files: {CONFINED} vs unlink-1-thread"]
+    assert (confined.ceiling, confined.out_of_reach, confined.met) == (1.25, True, False)
+    assert confined.line() == (
+        f"  [MISSED] one-dir, 1,000 files: {CONFINED} vs unlink-1-thread: 1.25x "
+        "(>= 1.50; out of reach in this run: bulk-2-threads reached 1.25x)"
+    )
+    ours = found["one-dir, 1,000 files: fastcleanup-uvloop vs unlink-1-thread"]
+    assert ours.met and ours.out_of_reach  # beat the ceiling (noise): no note on a met line
+    assert "out of reach" not in ours.line()
+    assert not found[f"one-dir, 1,000 files: {CONFINED} vs fastcleanup-uvloop"].out_of_reach
+    assert "100-dirs, 1,000 files: fastcleanup-uvloop vs bulk-2-threads" not in found
 
 
 _SMALL = [
