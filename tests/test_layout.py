@@ -17,9 +17,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import fastcleanup
+from tests.helpers import PROJECT_ROOT
 
 PACKAGE = Path(fastcleanup.__file__).parent
-PROJECT = Path(__file__).resolve().parent.parent
 OUTSIDE = ("bench", "examples", "tests")  # the checkout's other packages: never installed
 
 
@@ -216,7 +216,7 @@ def test_the_library_never_imports_the_checkouts_other_packages() -> None:
 
 def test_only_the_library_is_installed() -> None:
     """The wheel holds ``fastcleanup`` alone, and the package no command or benchmark."""
-    pyproject = tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))
+    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert pyproject["tool"]["setuptools"]["packages"] == ["fastcleanup"]
     assert "scripts" not in pyproject["project"]
     assert [p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"] == []

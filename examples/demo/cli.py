@@ -45,6 +45,7 @@ __all__ = ["main"]
 
 _DRAIN_TIMEOUT = 30.0
 _IDLE_BASELINE = 0.3  # seconds of ticking before the crawl
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the test site runs from there
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -180,9 +181,6 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     code: int = summary["exit_code"]
     return code
-
-
-_PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class _CannotStart(Exception):
