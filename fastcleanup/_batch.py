@@ -9,12 +9,14 @@ they are not counted twice) or, for a file whose unlink was under way, as
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
+from itertools import islice
 from operator import attrgetter
 from typing import Any, Final
 
 from ._paths import FileJob, Roots, UnlinkJob
 from ._tasks import KINDS, RemoveFile, RemoveTree, current_executor
+from ._unlink import COMPILED
 
 __all__ = [
     "DONE",
@@ -23,13 +25,43 @@ __all__ = [
     "InProgress",
     "Requeued",
     "classify",
+    "leading",
     "path_of",
+    "paths_of",
     "plain_removal",
     "sync_at_exit",
 ]
 
 DONE: Final = object()  # marks a finished slot in a batch (a task itself may be None)
 path_of = attrgetter("path")
+
+
+def pure_paths_of(tasks: list[Any], start: int) -> list[Any]:
+    """``[t.path for t in tasks[start:]]``; ``_cbulk.paths_of`` does it in C."""
+    return list(map(path_of, tasks[start:]))
+
+
+def pure_leading(items: Iterable[object], cls: type, limit: int) -> int:
+    """How many leading items, of the first ``limit``, are exactly of type ``cls``.
+
+    ``_cbulk.leading`` does it in C. Types are compared by identity, so no
+    ``__eq__`` of a hostile metaclass runs.
+    """
+    n = 0
+    for t in map(type, islice(items, limit)):
+        if t is not cls:
+            break
+        n += 1
+    return n
+
+
+paths_of, leading = pure_paths_of, pure_leading
+if COMPILED:
+    # The same loops without a Python call per task: a burst's batches go
+    # through them on the loop thread while the unlinking threads wait for
+    # a core.
+    from ._cbulk import leading, paths_of  # type: ignore[assignment]
+
 # Private task kinds that can also run without a loop, at interpreter exit:
 # their synchronous run (given the seconds left), by exact type. InProgress
 # registers below, a ScratchDir's release in _scratch.
@@ -40,14 +72,22 @@ class Batch:
     """Up to ``batch_size`` tasks handed to one worker; finished slots become ``DONE``."""
 
     __slots__ = (
-        "abandoned", "counted", "expired", "files", "files_done", "first_seq", "job", "loop",
-        "seen_at", "tasks", "worker",
+        "abandoned", "counted", "expired", "files", "files_done", "first_seq", "job", "kind",
+        "loop", "seen_at", "tasks", "worker",
     )  # fmt: skip
 
     def __init__(
-        self, tasks: list[Any], first_seq: int, seen_at: float, loop: asyncio.AbstractEventLoop
+        self,
+        tasks: list[Any],
+        first_seq: int,
+        seen_at: float,
+        loop: asyncio.AbstractEventLoop,
+        kind: str | None = None,
     ) -> None:
         self.tasks = tasks
+        # The kind of every task, when the dispatcher already checked that
+        # all are exactly one built-in type; None means the worker classifies.
+        self.kind = kind
         self.first_seq = first_seq
         self.seen_at = seen_at
         self.loop = loop

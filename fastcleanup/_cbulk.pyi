@@ -1,5 +1,6 @@
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from _typeshed import WriteableBuffer
 
@@ -12,6 +13,9 @@ def unlinkat_many(
 ) -> list[tuple[int, int]]: ...
 
 REFUSED: int  # a Job failure code: the path lies outside every root
+
+def leading(items: Iterable[object], cls: type, limit: int, /) -> int: ...
+def paths_of(tasks: list[Any], start: int, /) -> list[Any]: ...
 
 class Job:
     def __init__(

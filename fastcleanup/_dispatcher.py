@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from itertools import islice, repeat, starmap
+from itertools import repeat, starmap
 from typing import Any
 
-from ._batch import Batch
+from ._batch import Batch, leading
 from ._intake import IDLE
 from ._tasks import RemoveFile
 from ._worker import BatchWorker
@@ -55,8 +55,11 @@ class Dispatcher(BatchWorker):
                     await self._capacity
                     continue
                 n = min(len(queue), self._batch_size)
+                kind = None
                 if len(queue) > n and type(queue[0]) is RemoveFile:
-                    n = self._file_run(n)
+                    run = self._file_run(n)
+                    if run > n:  # all plain RemoveFile: the worker need not look again
+                        n, kind = run, RemoveFile.kind
                 # A signal.signal() handler may raise (SystemExit) between any
                 # two bytecodes of this thread. The pops are one C call, so
                 # they happen whole or not at all; from there until the batch
@@ -73,7 +76,7 @@ class Dispatcher(BatchWorker):
                 self._taken += n
                 self._seq += 1
                 first = before[0] + 1
-                batch = Batch(moving, first, self._seen_at(first), loop)
+                batch = Batch(moving, first, self._seen_at(first), loop, kind)
                 self.in_flight += n
                 self._batches.add(batch)
                 moving = None
@@ -105,12 +108,11 @@ class Dispatcher(BatchWorker):
         if want <= n:
             return n
         try:
-            # One C loop over the deque (no Python code runs inside it, so no
-            # finalizer can submit meanwhile). Reading by index instead cost
-            # four times as much: a method-wrapper call builds a tuple per item.
-            types = list(map(type, islice(queue, want)))
-            return want if types.count(RemoveFile) == want else n
-        except Exception:  # a mutated deque, or a hostile metaclass whose __eq__ raises
+            # One C loop over the deque when compiled (no Python code runs
+            # inside it, so no finalizer can submit meanwhile). Reading by
+            # index would cost four times as much: a tuple per item.
+            return want if leading(queue, RemoveFile, want) == want else n
+        except Exception:  # a deque mutated while it was read
             return n
 
 

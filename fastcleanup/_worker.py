@@ -16,7 +16,7 @@ from collections.abc import Collection
 from typing import Any
 
 from ._accounts import Accounts
-from ._batch import DONE, Batch, InProgress, classify, path_of, plain_removal
+from ._batch import DONE, Batch, InProgress, classify, paths_of, plain_removal
 from ._executor import DaemonExecutor
 from ._lane import FileLane, LaneJob
 from ._paths import FileJob, Refused, UnlinkJob, remove_tree_confined
@@ -43,7 +43,7 @@ class BatchWorker(Accounts):
         current_executor.set(self._executor)
         try:
             async with asyncio.TaskGroup() as tg:
-                retaken, kind = classify(tasks)
+                retaken, kind = ((), batch.kind) if batch.kind else classify(tasks)
                 if kind is not None:
                     # One built-in kind, the burst case: classified in C.
                     taken = self._tally.taken_by
@@ -176,7 +176,7 @@ class BatchWorker(Accounts):
             first = batch.files_done
             fut: asyncio.Future[bool] = loop.create_future()
             if len(slots) == len(tasks):  # every slot is a file: map in C
-                paths = list(map(path_of, tasks[first:]))
+                paths = paths_of(tasks, first)
             else:
                 paths = [tasks[i].path for i in slots[first:]]
             job: FileJob
