@@ -1,7 +1,8 @@
 """Build the optional C module; all metadata lives in pyproject.toml.
 
 ``fastcleanup._cbulk`` holds the bulk unlink, the file lane's jobs and
-pool (``_cbulk.c``) and the C build of ``RemoveFile`` (``_ctask.c``).
+pool (``_cbulk.c``), the C builds of ``RemoveFile`` and ``Call``
+(``_ctask.c``) and of ``submit`` (``_cintake.c``).
 
 ``optional=True``: where the extension cannot be built (no C compiler, no
 Python headers, no ``unlinkat``) the install still succeeds and fastcleanup
@@ -16,7 +17,7 @@ setup(
     ext_modules=[
         Extension(
             "fastcleanup._cbulk",
-            ["fastcleanup/_cbulk.c", "fastcleanup/_ctask.c"],
+            ["fastcleanup/_cbulk.c", "fastcleanup/_ctask.c", "fastcleanup/_cintake.c"],
             optional=True,
             # Windows has neither unlinkat nor the GCC atomics.
         )

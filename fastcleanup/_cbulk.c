@@ -1193,7 +1193,8 @@ static PyMethodDef cbulk_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int add_task_types(PyObject *module); /* _ctask.c: RemoveFile and Call */
+int add_task_types(PyObject *module);   /* _ctask.c: RemoveFile and Call */
+int add_intake_functions(PyObject *module); /* _cintake.c: submitter */
 
 static int
 cbulk_exec(PyObject *module)
@@ -1206,7 +1207,10 @@ cbulk_exec(PyObject *module)
         PyModule_AddIntConstant(module, "REFUSED", REFUSED_CODE) < 0) {
         return -1;
     }
-    return add_task_types(module);
+    if (add_task_types(module) < 0) {
+        return -1;
+    }
+    return add_intake_functions(module);
 }
 
 static PyModuleDef_Slot cbulk_slots[] = {
@@ -1220,9 +1224,9 @@ PyDoc_STRVAR(cbulk_doc,
 "unlinkat_many() removes a list of names and releases the GIL once per\n"
 "chunk rather than once per file, so unlink threads keep going while the\n"
 "event-loop thread runs Python; Job and Pool run file jobs with no GIL at\n"
-"all. RemoveFile is the task type of fastcleanup._tasks, built in C.\n"
-"Import fastcleanup._unlink and fastcleanup._tasks, which fall back to\n"
-"pure Python when this module is missing.");
+"all. RemoveFile and Call are the task types of fastcleanup._tasks, and\n"
+"submitter() makes the submit of fastcleanup._intake, built in C. Import\n"
+"those modules, which fall back to pure Python when this one is missing.");
 
 static struct PyModuleDef cbulk_module = {
     PyModuleDef_HEAD_INIT,

@@ -1,5 +1,5 @@
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from _typeshed import WriteableBuffer
@@ -16,6 +16,7 @@ REFUSED: int  # a Job failure code: the path lies outside every root
 
 def leading(items: Iterable[object], cls: type, limit: int, /) -> int: ...
 def paths_of(tasks: list[Any], start: int, /) -> list[Any]: ...
+def submitter(hot: list[Any], /) -> Callable[[Any], None]: ...
 
 class Job:
     def __init__(

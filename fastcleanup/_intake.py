@@ -1,6 +1,6 @@
 """Step 1 of a task's path: submit() puts it in the queue, from any thread.
 
-``submit`` is a plain function over one list, ``hot``: what to call with a
+``submit`` is a small callable over one list, ``hot``: what to call with a
 task (the queue's C-level ``append`` while the cleaner runs, the refusal
 counter otherwise), whether the dispatcher sleeps, and how to wake it. It
 counts nothing: ``submitted`` is derived from the queue by its single
@@ -19,13 +19,28 @@ from typing import Any
 
 from ._tally import Tally, count_value
 from ._tasks import CleanupTask, kind_or_invalid
+from ._unlink import COMPILED
 
-__all__ = ["IDLE", "PUT", "Intake", "State", "submitter"]
+if COMPILED:
+    from ._cbulk import submitter as compiled_submitter
 
-PUT, IDLE = 0, 1  # slots of Intake._hot (the submit closure spells them as literals)
+__all__ = ["IDLE", "PUT", "Intake", "State", "pure_submitter", "submitter"]
+
+PUT, IDLE = 0, 1  # slots of Intake._hot (both builds of submit spell them as literals)
 
 
 def submitter(hot: list[Any]) -> Callable[[CleanupTask], None]:
+    """The submit function over ``hot``: built in C when the module is, else a closure.
+
+    Both take the same steps. The compiled one is a builtin function, whose
+    calls CPython specializes, and runs no Python frame: that frame is most
+    of what a call to the closure costs.
+    """
+    return compiled_submitter(hot) if COMPILED else pure_submitter(hot)
+
+
+def pure_submitter(hot: list[Any]) -> Callable[[CleanupTask], None]:
+    # A plain function over one list: a method would cost a third more.
     # ``hot`` is a closure cell rather than a keyword-only default: CPython
     # specializes calls only to functions without keyword-only parameters,
     # and the specialized call makes submit about a fifth cheaper.
@@ -33,12 +48,12 @@ def submitter(hot: list[Any]) -> Callable[[CleanupTask], None]:
         """Hand ``task`` over; it runs on the cleaner's loop.
 
         Never raises and never blocks: safe in ``__del__``, ``weakref.finalize``
-        callbacks, signal handlers and other threads. It is a plain function
-        over one list (a method would cost a third more): one C-level append
-        to the queue (re-entrant, no lock) and one flag test; only when the
-        dispatcher sleeps, one wakeup. Before ``init_worker()`` and after
-        ``shutdown()`` the task goes to the refusal counter instead.
+        callbacks, signal handlers and other threads. One C-level append to the
+        queue (re-entrant, no lock) and one flag test; only when the dispatcher
+        sleeps, one wakeup. Before ``init_worker()`` and after ``shutdown()`` the
+        task goes to the refusal counter instead.
         """
+        # The compiled build's docstring (_cintake.c) says the same; a test compares them.
         try:
             hot[0](task)
             if hot[1]:
