@@ -16,6 +16,7 @@ import os
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from functools import partial
 from typing import Any, Final
@@ -29,6 +30,8 @@ from .harness import BenchError, Burst, Competitor
 __all__ = [
     "BUSY_SHARE",
     "CALL_COMPETITORS",
+    "CHUNK",
+    "CHUNKED",
     "CONFINED",
     "FILE_COMPETITORS",
     "IDLE",
@@ -42,6 +45,8 @@ __all__ = [
 ]
 
 SLICE: Final = 256  # items a producer hands over between two yields to the loop
+CHUNK: Final = 1024  # files per chunk of the chunked C pair: fastcleanup's job size
+CHUNKED: Final = "bulk-2-threads-chunks"  # that pair's name
 BATCH: Final = 64  # the Rust reference's DISPATCH_BATCH, and the TaskGroup baseline's batch
 _WAIT: Final = 600.0  # no burst of ours takes ten minutes: past that, something is stuck
 
@@ -64,7 +69,12 @@ def _missing_path(where: str | None = None) -> str:
 # -- plain threads: the limits --------------------------------------------------------
 
 
-async def _unlink_in_threads(paths: Paths, threads: int, bulk: bool = False) -> None:
+async def _unlink_in_threads(
+    paths: Paths, threads: int, bulk: bool = False, chunk: int | None = None
+) -> None:
+    """Unlink ``paths`` on ``threads`` plain threads: each its own contiguous share,
+    or with ``chunk``, the next ``chunk`` files in turn (as the lane's threads take jobs).
+    """
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     left = [threads]
@@ -75,28 +85,34 @@ async def _unlink_in_threads(paths: Paths, threads: int, bulk: bool = False) -> 
         if left[0] == 0 and not done.done():
             done.set_result(None)
 
-    def unlink_all(part: Paths) -> None:
-        try:
-            if bulk:
-                from fastcleanup import _cbulk  # the competitor needs it (see its entry)
+    def unlink(part: Paths) -> None:
+        if bulk:
+            from fastcleanup import _cbulk  # the competitor needs it (see its entry)
 
-                job = _cbulk.Job(list(part))
-                job.run()  # no GIL, no Python per file
-                if job.failures():
-                    raise BenchError(f"bulk unlink failed: {job.failures()[:3]}")
-            else:
-                for p in part:
-                    os.unlink(p)
+            job = _cbulk.Job(list(part))
+            job.run()  # no GIL, no Python per file
+            if job.failures():
+                raise BenchError(f"bulk unlink failed: {job.failures()[:3]}")
+        else:
+            for p in part:
+                os.unlink(p)
+
+    def unlink_all(parts: deque[Paths]) -> None:
+        try:
+            while parts:
+                unlink(parts.popleft())  # one C call: two threads never take the same part
         except BaseException as exc:  # handed to the awaiting loop below
             errors.append(exc)
         finally:
             loop.call_soon_threadsafe(one_finished)
 
-    size = -(-len(paths) // threads)
-    workers = [
-        threading.Thread(target=unlink_all, args=(paths[i * size : (i + 1) * size],), daemon=True)
-        for i in range(threads)
-    ]
+    if chunk is None:
+        size = -(-len(paths) // threads)
+        queues = [deque([paths[i * size : (i + 1) * size]]) for i in range(threads)]
+    else:
+        shared = deque(paths[i : i + chunk] for i in range(0, len(paths), chunk))
+        queues = [shared] * threads
+    workers = [threading.Thread(target=unlink_all, args=(queue,), daemon=True) for queue in queues]
     for t in workers:
         t.start()
     await done
@@ -123,9 +139,9 @@ async def _two_threads() -> AsyncIterator[Burst[Paths]]:
 
 
 @contextlib.asynccontextmanager
-async def _bulk_two_threads() -> AsyncIterator[Burst[Paths]]:
+async def _bulk_two_threads(chunk: int | None = None) -> AsyncIterator[Burst[Paths]]:
     async def burst(paths: Paths) -> None:
-        await _unlink_in_threads(paths, 2, bulk=True)
+        await _unlink_in_threads(paths, 2, bulk=True, chunk=chunk)
 
     yield burst
 
@@ -488,6 +504,12 @@ FILE_COMPETITORS: Final[dict[str, Competitor[Paths]]] = _registry(
         "bulk-2-threads",
         "two threads, each unlinking half in C without the GIL: the kernel's ceiling",
         _bulk_two_threads,
+        needs="fastcleanup._cbulk",
+    ),
+    Competitor(
+        CHUNKED,
+        f"the same, the threads taking {CHUNK:,}-file chunks in turn as fastcleanup's do",
+        partial(_bulk_two_threads, CHUNK),
         needs="fastcleanup._cbulk",
     ),
     Competitor(

@@ -30,7 +30,7 @@ from bench.cli import (
     render,
     targets,
 )
-from bench.competitors import CONFINED, FILE_COMPETITORS, busy_loop, confined_to
+from bench.competitors import CHUNKED, CONFINED, FILE_COMPETITORS, busy_loop, confined_to
 from bench.harness import (
     BenchError,
     Burst,
@@ -67,7 +67,7 @@ def test_a_burst_removes_every_file(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["unlink-2-threads", "bulk-2-threads", "fastcleanup-uvloop", CONFINED]
+    "name", ["unlink-2-threads", "bulk-2-threads", CHUNKED, "fastcleanup-uvloop", CONFINED]
 )
 def test_bursts_over_100_directories_beside_a_busy_loop_remove_every_file(
     name: str, tmp_path: Path
@@ -246,6 +246,23 @@ def test_targets_compare_within_the_run() -> None:
     assert "out of reach" not in ours.line()
     assert not found[f"one-dir, 1,000 files: {CONFINED} vs fastcleanup-uvloop"].out_of_reach
     assert "100-dirs, 1,000 files: fastcleanup-uvloop vs bulk-2-threads" not in found
+
+    # The C pair in chunks ran faster (1.6x the loop): it is this run's ceiling.
+    report.bursts["one-dir"][CHUNKED] = m(CHUNKED, 0.625)
+    found = {t.what: t for t in targets(report)}
+    assert not [t for t in found.values() if t.what.endswith("vs bulk-2-threads")]
+    shares = found[f"one-dir, 1,000 files: fastcleanup-uvloop vs {CHUNKED}"]
+    assert (shares.value, shares.met) == (1.25, True)
+    confined_share = found[f"one-dir, 1,000 files: {CONFINED} vs {CHUNKED}"]
+    assert (round(confined_share.value, 6), confined_share.met) == (0.78125, False)
+    confined = found[f"one-dir, 1,000 files: {CONFINED} vs unlink-1-thread"]
+    assert (confined.ceiling, confined.out_of_reach) == (1.6, False)
+    assert "out of reach" not in confined.line()
+    report.bursts["one-dir"][CHUNKED] = m(CHUNKED, 0.9)  # slower than the halves: 1.11x
+    found = {t.what: t for t in targets(report)}
+    confined = found[f"one-dir, 1,000 files: {CONFINED} vs unlink-1-thread"]
+    assert (confined.ceiling, confined.ceiling_name) == (1.25, "bulk-2-threads")
+    assert f"one-dir, 1,000 files: {CONFINED} vs bulk-2-threads" in found
 
 
 _SMALL = [
