@@ -1,13 +1,14 @@
 /* fastcleanup._cbulk.submitter: a cleaner's submit function, built in C.
  *
- * submit() is the one call a producer makes per task; in a burst of
- * 100,000 files it is a third of the event loop thread's own work. The
- * Python closure (_intake.pure_submitter) costs a frame per call. This is
- * a builtin function whose self is the cleaner's `hot` list, which CPython
- * calls through its specialized path for builtins: call hot[0] with the
- * task, and if hot[1] is True, call hot[2]. An Exception from either is
- * swallowed, as submit must never raise; KeyboardInterrupt and SystemExit
- * go on, as they do from the closure.
+ * submit() is the one call a producer makes per task, often on the loop
+ * thread itself, whose time in a burst the unlinking threads wait for.
+ * The Python closure (_intake.pure_submitter) costs a frame per call,
+ * about 90 ns on Python 3.11. This is a builtin function whose self is
+ * the cleaner's `hot` list, which CPython calls through its specialized
+ * path for builtins (about 50 ns). It takes the closure's steps: call
+ * hot[0] with the task, and if hot[1] is True, call hot[2]. An Exception
+ * from either is swallowed, as submit must never raise; KeyboardInterrupt
+ * and SystemExit go on, as they do from the closure.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

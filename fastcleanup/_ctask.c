@@ -384,7 +384,7 @@ static PyType_Spec Call_spec = {
  * A burst of 100,000 files goes through the loop thread as about a hundred
  * batches, and each step the loop takes per file is time the unlinking
  * threads wait for a core. attrgetter("path") costs some 50 ns a task and
- * map(type) plus list.count some 18; these loops cost a few each. */
+ * map(type) plus list.count some 18; these loops take a few ns a task. */
 
 /* leading(items, cls, limit): how many of the first `limit` items of the
  * iterable `items` have exactly the type `cls`, counted until the first
