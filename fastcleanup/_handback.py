@@ -96,7 +96,7 @@ class Handback(Dispatcher):
                             raise job.errors[0][1]
                 except Refused as exc:
                     self._fail(kind, task, "refused", exc)
-                except OSError as exc:
+                except Exception as exc:  # OSError, or a subclass's path property that raised
                     self._fail(kind, task, "error", exc)
                 else:
                     tally.complete(kind)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Collection
 from typing import Any
 
-from ._accounts import Accounts
+from ._accounts import Accounts, logger, safe_repr
 from ._batch import DONE, Batch, InProgress, classify, paths_of, plain_removal
 from ._executor import DaemonExecutor
 from ._lane import FileLane, LaneJob
@@ -175,10 +175,13 @@ class BatchWorker(Accounts):
         while batch.files_done < len(slots):
             first = batch.files_done
             fut: asyncio.Future[bool] = loop.create_future()
-            if len(slots) == len(tasks):  # every slot is a file: map in C
-                paths = paths_of(tasks, first)
-            else:
-                paths = [tasks[i].path for i in slots[first:]]
+            try:
+                if len(slots) == len(tasks):  # every slot is a file: map in C
+                    paths = paths_of(tasks, first)
+                else:
+                    paths = [tasks[i].path for i in slots[first:]]
+            except Exception:  # a subclass's path property raised, say
+                paths = [path_or_none(tasks[i]) for i in slots[first:]]
             job: FileJob
             if lane is not None:
                 job = batch.job = LaneJob(paths, self._roots)
@@ -225,6 +228,21 @@ class BatchWorker(Accounts):
             return
         loop = fut.get_loop()
         job.watchdog = loop.call_later(self._task_timeout / 4, self._watch, job, fut, done, since)
+
+
+def path_or_none(task: Any) -> Any:
+    """``task.path``, or None (which the job fails with EINVAL) when reading it raises.
+
+    One file task without a readable path fails alone, counted once, by the
+    job; its siblings in the batch are removed as usual.
+    """
+    try:
+        return task.path
+    except Exception as exc:
+        logger.warning(
+            "fastcleanup: remove_file %s has no readable path: %s", safe_repr(task), safe_repr(exc)
+        )
+        return None
 
 
 def expire(batch: Batch, children: list[asyncio.Task[None]]) -> None:

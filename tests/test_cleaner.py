@@ -704,3 +704,38 @@ def test_constructor_rejects_bad_arguments(kwargs: dict[str, object], error: typ
 def test_repr_shows_state(make_cleaner: MakeCleaner) -> None:
     cleaner = make_cleaner(name="reprs")
     assert repr(cleaner) == "<Cleaner reprs stopped queued=0 in_flight=0>"
+
+
+class PathRaises(fc.RemoveFile):
+    """A file task whose path cannot be read."""
+
+    @property
+    def path(self) -> str:
+        raise RuntimeError("no path here")
+
+    @path.setter
+    def path(self, value: str) -> None:  # the pure build's __init__ sets it
+        pass
+
+
+@pytest.mark.parametrize("broken", ["path property raises", "made without __init__"])
+async def test_a_file_task_without_a_readable_path_fails_alone(
+    scratch: Path, make_cleaner: MakeCleaner, caplog: pytest.LogCaptureFixture, broken: str
+) -> None:
+    # Before, reading the batch's paths raised out of the worker: the batch
+    # went back to the queue, ran again, and drain() never returned.
+    bad = PathRaises("/x") if broken.startswith("path") else fc.RemoveFile.__new__(fc.RemoveFile)
+    files = make_files(scratch, 3000)
+    cleaner = make_cleaner(batch_size=64)
+    cleaner.init_worker()
+    for i, p in enumerate(files):  # a burst: large file jobs, the bad one inside one
+        cleaner.submit(fc.RemoveFile(p))
+        if i == 1500:
+            cleaner.submit(bad)
+    assert await cleaner.drain(timeout=30)
+    assert os.listdir(scratch) == []
+    stats = cleaner.stats()
+    assert (stats.completed, stats.failed) == (3000, 1)
+    assert_conserved(stats)
+    assert "has no readable path" in caplog.text
+    await cleaner.shutdown()

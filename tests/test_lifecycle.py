@@ -274,6 +274,54 @@ def test_exit_without_shutdown_removes_queued_files(scratch: Path, use_uvloop: s
     assert last == f"{len(paths)} 0 {{'remove_file': {len(paths)}}}"
 
 
+@pytest.mark.timeout(120)
+def test_at_exit_a_task_whose_path_raises_fails_alone(scratch: Path) -> None:
+    # The exit handler caught only OSError: any other exception ended it,
+    # and every task queued behind that one was neither run nor counted.
+    paths = make_files(scratch, 2000)
+    proc = run_script(
+        """
+        import asyncio, atexit, os, sys
+
+        def report():  # registered first, so it runs after fastcleanup's exit work
+            s = fc.stats()
+            print(s.completed, s.failed, s.dropped_at_exit, s.queued + s.in_flight)
+
+        atexit.register(report)
+        import fastcleanup as fc
+
+        class PathRaises(fc.RemoveFile):
+            @property
+            def path(self):
+                raise RuntimeError("no path here")
+
+            @path.setter
+            def path(self, value):
+                pass
+
+        async def start():
+            fc.init_worker()
+
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(start())
+        # The loop never runs again: all of this waits for the exit handler.
+        names = sorted(os.listdir(sys.argv[1]))
+        for name in names[:1000]:
+            fc.submit(fc.RemoveFile(os.path.join(sys.argv[1], name)))
+        fc.submit(PathRaises("/x"))  # behind a thousand, ahead of a thousand
+        for name in names[1000:]:
+            fc.submit(fc.RemoveFile(os.path.join(sys.argv[1], name)))
+        """,
+        str(scratch),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    # Logged by the exit handler (the loop's workers word it otherwise).
+    assert "failed (error): RuntimeError('no path here')" in proc.stderr, proc.stderr
+    assert os.listdir(scratch) == []
+    assert proc.stdout.split() == [str(len(paths)), "1", "0", "0"]
+
+
 def test_submit_never_raises_at_interpreter_exit(scratch: Path) -> None:
     """Submits from __del__ during teardown, from atexit, after shutdown: never an error."""
     proc = run_script(
