@@ -34,6 +34,8 @@ except ImportError:  # pragma: no cover - the extension is optional
     _cbulk = None  # type: ignore[assignment]
 
 pytestmark = pytest.mark.skipif(_cbulk is None, reason="fastcleanup._cbulk was not built")
+# Built, but FASTCLEANUP_PURE_PYTHON=1 keeps a cleaner off the lane.
+PURE_FORCED = "FASTCLEANUP_PURE_PYTHON is set: cleaners run the pure-Python path"
 
 
 def make_files(where: Path, count: int, prefix: str = "f") -> list[str | bytes]:
@@ -344,6 +346,8 @@ def test_the_lane_unlinks_while_the_loop_thread_holds_the_gil(scratch: Path) -> 
 @pytest.fixture(params=["lane", "executor"])
 def file_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Which way a cleaner's file jobs go: a replaced os.unlink turns the lane off."""
+    if request.param == "lane" and not _unlink.COMPILED:
+        pytest.skip(PURE_FORCED)
     started: list[int] = []
     real_start = _lane.FileLane.start
 
@@ -413,6 +417,7 @@ async def test_a_burst_goes_to_the_lane_in_large_jobs(
     assert not os.listdir(scratch)
 
 
+@pytest.mark.skipif(not _unlink.COMPILED, reason=PURE_FORCED)
 def test_the_lane_threads_are_named_after_the_cleaner() -> None:
     async def main() -> list[str]:
         c = fc.Cleaner(name="crawl", registry=None).init_worker()
