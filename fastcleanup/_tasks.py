@@ -47,6 +47,9 @@ current_executor: ContextVar[Executor | None] = ContextVar("fastcleanup_executor
 class CleanupTask(Protocol):
     """What :func:`submit` accepts: a ``kind`` and an ``async def run()``.
 
+    ``kind`` is a non-empty str, the metrics' ``task`` label. ``"invalid"``
+    is the label of objects that are no task: a task of that kind is
+    failed as one of them, with reason ``invalid``, and never run.
     Write your own kind against it::
 
         class ClosePage:

@@ -541,12 +541,21 @@ async def test_bad_objects_are_counted_invalid(make_cleaner: MakeCleaner) -> Non
         def __getattr__(self, name: str) -> object:
             raise RuntimeError("no attributes for you")
 
-    for bad in (None, 42, "rm -rf /", object(), NoRun(), Hostile()):
+    ran: list[str] = []
+
+    class ClaimsInvalid:
+        kind = "invalid"  # the label of objects that are no task: reserved
+
+        async def run(self) -> None:
+            ran.append(self.kind)
+
+    for bad in (None, 42, "rm -rf /", object(), NoRun(), Hostile(), ClaimsInvalid()):
         cleaner.submit(bad)  # type: ignore[arg-type]
     assert await cleaner.drain(timeout=5)
     stats = cleaner.stats()
-    assert (stats.submitted, stats.failed) == (6, 6)
-    assert cleaner._tally.failed_by == {("invalid", "invalid"): 6}
+    assert (stats.submitted, stats.failed) == (7, 7)
+    assert cleaner._tally.failed_by == {("invalid", "invalid"): 7}
+    assert ran == []  # never run
     await cleaner.shutdown()
 
 

@@ -375,7 +375,8 @@ def outcome(task: object) -> str | None:
     if isinstance(task, EqualsEverything):
         return None
     if isinstance(task, OddKind):
-        ok = type(task.kind) is str and task.kind
+        # "invalid" is the label of objects that are no task: reserved.
+        ok = type(task.kind) is str and task.kind and task.kind != "invalid"
         return None if ok else "invalid"
     return "invalid"
 
