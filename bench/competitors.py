@@ -99,8 +99,14 @@ async def _unlink_in_threads(
 
     def unlink_all(parts: deque[Paths]) -> None:
         try:
-            while parts:
-                unlink(parts.popleft())  # one C call: two threads never take the same part
+            while True:
+                try:
+                    # One C call: two threads never take the same part. (A test
+                    # of `parts` first could see the last part another takes.)
+                    part = parts.popleft()
+                except IndexError:
+                    break
+                unlink(part)
         except BaseException as exc:  # handed to the awaiting loop below
             errors.append(exc)
         finally:
