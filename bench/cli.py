@@ -317,10 +317,8 @@ def targets(report: Report) -> list[Target]:
     """The targets whose inputs this run measured."""
     out: list[Target] = []
 
-    def ratio(key: str, name: str, base: str | None, limit: float) -> None:
+    def ratio(key: str, name: str, base: str, limit: float) -> None:
         rows = report.bursts.get(key, {})
-        if base is None:
-            return
         value = _ratio(rows, name, base)
         if value is not None:
             size = rows[name].items
@@ -340,8 +338,9 @@ def targets(report: Report) -> list[Target]:
     # hold only where the kernel lets two threads go that much faster than one.
     for key in ("one-dir", "100-dirs", "busy-loop"):
         best = ceiling_of(report.bursts.get(key, {}))
-        ratio(key, OURS, best, 0.9)
-        ratio(key, CONFINED, best, 0.9)
+        if best is not None:
+            ratio(key, OURS, best, 0.9)
+            ratio(key, CONFINED, best, 0.9)
     ratio("per-file", OURS, NAIVE, 10.0)
     ours = report.bursts.get("one-dir", {}).get(OURS)
     if ours is not None:
