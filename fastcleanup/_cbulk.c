@@ -340,7 +340,9 @@ done:
 #define FALLBACK 1   /* confined(): this entry needs the Python resolver */
 #define SLOTS 256    /* parent cache slots per job (a power of two) */
 #define MAX_OPEN 128 /* parent descriptors held at once by one job */
-#define DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+/* O_PATH: walking a directory and unlinking in it needs search permission
+ * only, as unlink(2) by path does; O_RDONLY would also need read permission. */
+#define DIR_FLAGS (O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
 /* Entries between two sched_yield() calls. Some unlinks hold a CPU in the
  * kernel for milliseconds (directory lock spinning, freeing inodes); with a
  * job on every core, a woken event loop thread then waits that long for a

@@ -17,7 +17,15 @@ from ._tasks import remove_tree_sync
 from ._unlink import SKIP, pure_unlinkat_many, unlinkat_many, use_compiled
 
 _PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+# O_PATH (Linux): a walk through a directory and an unlink in it then need
+# search permission only, as os.unlink by path does; O_RDONLY would refuse a
+# directory that is writable and searchable but not readable.
+_DIR_FLAGS = (
+    getattr(os, "O_PATH", os.O_RDONLY)
+    | os.O_DIRECTORY
+    | os.O_CLOEXEC
+    | getattr(os, "O_NOFOLLOW", 0)
+)
 
 
 class Refused(PermissionError):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -211,3 +214,64 @@ def make_files_in(directory: Path, n: int) -> list[str]:
     for i in range(n):
         (directory / f"f{i}").touch()
     return [str(directory / f"f{i}") for i in range(n)]
+
+
+# A cleaner in a child process that is subject to file permissions (a root
+# child gives up its two DAC overrides) removes files below a directory it
+# may search and write but not read. unlink(2) by path needs no more, and
+# neither may a cleaner, with allowed_roots or without.
+_NO_READ_CHILD = """
+import asyncio, os, sys
+import fastcleanup as fc
+
+base, roots = sys.argv[1], sys.argv[2:] or None
+try:
+    os.listdir(os.path.join(base, "noread"))
+except PermissionError:
+    pass  # as it must be, or the test would prove nothing
+else:
+    sys.exit("the child could read noread/: it is not subject to file permissions")
+
+async def main():
+    async with fc.Cleaner(allowed_roots=roots) as cleaner:
+        for k in range(40):
+            for where in ("noread", "noread/inner", "plain"):
+                cleaner.submit(fc.RemoveFile(os.path.join(base, where, f"f{k}")))
+        await cleaner.drain()
+
+asyncio.run(main())
+"""
+
+
+def _subject_to_permissions() -> list[str]:
+    """The command prefix that makes a child subject to file permissions."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv (util-linux) is missing")
+    drop = "-dac_override,-dac_read_search"
+    return [setpriv, "--bounding-set", drop, "--inh-caps", "-all", "--"]
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["compiled", "pure-python"])
+@pytest.mark.parametrize("confined", [False, True], ids=["default", "allowed-roots"])
+def test_a_directory_that_is_searchable_but_not_readable_is_no_obstacle(
+    scratch: Path, confined: bool, pure: bool
+) -> None:
+    for where in ("noread/inner", "plain"):
+        (scratch / where).mkdir(parents=True)
+    for k in range(40):
+        for where in ("noread", "noread/inner", "plain"):
+            (scratch / where / f"f{k}").touch()
+    command = [*_subject_to_permissions(), sys.executable, "-c", _NO_READ_CHILD, str(scratch)]
+    if confined:
+        command.append(str(scratch))
+    env = dict(os.environ, FASTCLEANUP_PURE_PYTHON="1" if pure else "0")
+    (scratch / "noread").chmod(0o333)
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        (scratch / "noread").chmod(0o755)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert [p for p in scratch.rglob("*") if p.is_file()] == []
