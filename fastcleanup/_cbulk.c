@@ -342,7 +342,8 @@ done:
 #define MAX_OPEN 128 /* parent descriptors held at once by one job */
 /* O_PATH: walking a directory and unlinking in it needs search permission
  * only, as unlink(2) by path does; O_RDONLY would also need read permission. */
-#define DIR_FLAGS (O_PATH | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+#define PARENT_FLAGS (O_PATH | O_DIRECTORY | O_CLOEXEC)
+#define DIR_FLAGS (PARENT_FLAGS | O_NOFOLLOW)
 /* Entries between two sched_yield() calls. Some unlinks hold a CPU in the
  * kernel for milliseconds (directory lock spinning, freeing inodes); with a
  * job on every core, a woken event loop thread then waits that long for a
@@ -373,14 +374,16 @@ typedef struct JobObject {
     struct JobObject *next;
 } JobObject;
 
-/* Outcomes of resolving one parent, cached for all of its files. */
-enum { P_OPEN, P_GONE, P_FAIL, P_FALLBACK };
+/* Outcomes of resolving one parent, cached for all of its files. P_SEEN
+ * and P_BYPATH serve jobs without roots: a parent seen once, and one whose
+ * files are unlinked by path (opening it failed). */
+enum { P_OPEN, P_GONE, P_FAIL, P_FALLBACK, P_SEEN, P_BYPATH };
 #define REFUSED_CODE 0x10000 /* code[k]: outside every root (larger than any errno) */
 
 typedef struct {
     const char *parent; /* a prefix of one entry's path; NULL marks a free slot */
     size_t len;
-    int status;         /* P_OPEN, P_GONE or P_FAIL */
+    int status;         /* one of the P_ outcomes */
     int value;          /* P_OPEN: the descriptor; P_FAIL: errno or REFUSED_CODE */
 } slot_t;
 
@@ -538,6 +541,83 @@ close_slots(slot_t *table, int *open_count)
     *open_count = 0;
 }
 
+/* The slot of parent p[0:plen]: its entry, or a free slot to fill. A free
+ * slot is taken only after *open_count is checked, which may empty the
+ * table: call again then. */
+static size_t
+slot_of(slot_t *table, const char *p, size_t plen)
+{
+    size_t i = (size_t)hash_bytes(p, plen) & (SLOTS - 1);
+    while (table[i].parent != NULL &&
+           !(table[i].len == plen && memcmp(table[i].parent, p, plen) == 0)) {
+        i = (i + 1) & (SLOTS - 1);
+    }
+    return i;
+}
+
+/* Fill free slot i (found by slot_of) for parent p[0:plen]; at MAX_OPEN
+ * slots in use the table is emptied first, descriptors closed. */
+static size_t
+fill_slot(slot_t *table, int *open_count, size_t i, const char *p, size_t plen, int status,
+          int value)
+{
+    if (*open_count >= MAX_OPEN) {
+        close_slots(table, open_count);
+        i = slot_of(table, p, plen);
+    }
+    table[i].parent = p;
+    table[i].len = plen;
+    table[i].status = status;
+    table[i].value = value;
+    *open_count += 1;
+    return i;
+}
+
+/* One entry of a job without roots, as unlink(2) of its path would do it.
+ * A parent's second file opens it, and its files from then on are
+ * unlinked by descriptor: the kernel then looks up one name per file, not
+ * the whole path (about a tenth less time per file on tmpfs, measured with
+ * six components). A parent seen once costs no open, so a trickle of files
+ * in distinct directories makes one syscall per file as before. Opening
+ * follows symlinks as unlink(2) does, and a parent that cannot be opened
+ * leaves its files to unlink by path, so every errno is unlink's own. */
+static int
+plain(JobObject *job, Py_ssize_t k, slot_t *table, int *open_count)
+{
+    const char *p = job->paths[k];
+    const char *slash = strrchr(p, '/');
+    int fd = AT_FDCWD;
+    const char *name = p;
+    if (slash != NULL && slash[1] != '\0' && strcmp(slash + 1, ".") != 0 &&
+        strcmp(slash + 1, "..") != 0) {
+        size_t plen = slash == p ? 1 : (size_t)(slash - p);
+        size_t i = slot_of(table, p, plen);
+        if (table[i].parent == NULL) {
+            fill_slot(table, open_count, i, p, plen, P_SEEN, -1);
+        }
+        else {
+            if (table[i].status == P_SEEN) {
+                char parent[PATH_MAX];
+                table[i].status = P_BYPATH;
+                if (plen < sizeof(parent)) {
+                    memcpy(parent, p, plen);
+                    parent[plen] = '\0';
+                    int opened = open(parent, PARENT_FLAGS);
+                    if (opened >= 0) {
+                        table[i].status = P_OPEN;
+                        table[i].value = opened;
+                    }
+                }
+            }
+            if (table[i].status == P_OPEN) {
+                fd = table[i].value;
+                name = slash + 1;
+            }
+        }
+    }
+    return unlinkat(fd, name, 0) != 0 && errno != ENOENT ? errno : 0;
+}
+
 /* One entry under the roots: 0 when done (code[k] set), FALLBACK when the
  * Python resolver must take it from here. split() decides the name as
  * the Python side does: a path without a slash, or one that ends in "",
@@ -555,27 +635,14 @@ confined(JobObject *job, Py_ssize_t k, slot_t *table, int *open_count)
         return FALLBACK;
     }
     size_t plen = slash == p ? 1 : (size_t)(slash - p);
-    uint64_t h = hash_bytes(p, plen);
-    size_t i = (size_t)h & (SLOTS - 1);
-    while (table[i].parent != NULL &&
-           !(table[i].len == plen && memcmp(table[i].parent, p, plen) == 0)) {
-        i = (i + 1) & (SLOTS - 1);
-    }
+    size_t i = slot_of(table, p, plen);
     if (table[i].parent == NULL) {
         int value = 0;
         int status = open_parent(job, p, plen, &value);
         if (status == P_FALLBACK) {
             return FALLBACK;
         }
-        if (*open_count >= MAX_OPEN) {
-            close_slots(table, open_count);
-            i = (size_t)h & (SLOTS - 1);
-        }
-        table[i].parent = p;
-        table[i].len = plen;
-        table[i].status = status;
-        table[i].value = value;
-        *open_count += 1;
+        i = fill_slot(table, open_count, i, p, plen, status, value);
     }
     switch (table[i].status) {
     case P_OPEN:
@@ -608,8 +675,7 @@ run_entries(JobObject *job)
         }
         if (job->code[k] == PENDING) {
             if (job->nroots == 0) {
-                job->code[k] =
-                    unlinkat(AT_FDCWD, job->paths[k], 0) != 0 && errno != ENOENT ? errno : 0;
+                job->code[k] = plain(job, k, table, &open_count);
             }
             else if (confined(job, k, table, &open_count) == FALLBACK) {
                 job->fallback_at = k;

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,83 @@ def test_a_confined_job_holds_at_most_128_parents_open(scratch: Path) -> None:
     assert (job.done, job.failures()) == (len(files), [])
     assert all(not os.listdir(d) for d in dirs)
     assert len(os.listdir("/proc/self/fd")) == before  # every descriptor closed
+
+
+def test_a_job_without_roots_closes_every_parent_it_opened(scratch: Path) -> None:
+    """300 parents, three files each, dealt in runs and then round-robin."""
+    dirs = [scratch / f"d{k:03d}" for k in range(300)]
+    for d in dirs:
+        d.mkdir()
+    in_runs = [str(d / f"f{i}") for d in dirs for i in range(3)]
+    dealt = [str(d / f"g{i}") for i in range(3) for d in dirs]
+    for f in in_runs + dealt:
+        Path(f).touch()
+    before = len(os.listdir("/proc/self/fd"))
+    for files in (in_runs, dealt):
+        job = _cbulk.Job(files)
+        job.run()
+        assert (job.done, job.failures()) == (len(files), [])
+    assert all(not os.listdir(d) for d in dirs)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def _plain_tree(base: Path) -> list[list[str]]:
+    """Spellings of paths, a few per parent as spelled, for a job without roots."""
+    real = base / "real"
+    (real / "sub").mkdir(parents=True)
+    for name in ("a", "b", "c", "d", "e", "f", "g", "h"):
+        (real / name).touch()
+    (base / "link").symlink_to(real)
+    (base / "dangling").symlink_to(base / "nowhere")
+    (base / "loop").symlink_to(base / "loop")
+    (base / "file").touch()
+    here = os.path.relpath(real)
+    return [
+        [f"{real}/a", f"{real}/b"],
+        [f"{base}/link/c", f"{base}/link/d"],  # unlink(2) follows a symlinked parent
+        [f"{real}//e", f"{base}//real/./f", f"{real}/../real/g"],
+        [f"{here}/h", f"{here}/missing"],  # relative to the working directory
+        [f"{base}/file/x", f"{base}/file/y"],  # ENOTDIR
+        [f"{base}/dangling/x", f"{base}/gone/x", f"{base}/gone/y"],  # gone already
+        [f"{base}/loop/x", f"{base}/loop/y"],  # ELOOP
+        [f"{real}/sub", f"{real}/sub/", f"{real}/.", f"{real}/.."],  # directories
+        ["top-a", "top-b"],  # no slash at all
+    ]
+
+
+def test_a_job_without_roots_does_what_unlink_by_path_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each group alone, then every group dealt round-robin: the C job (which
+    unlinks by a parent's descriptor from its second file on) and a plain
+    ``os.unlink`` loop leave the same files and report the same errnos."""
+    monkeypatch.chdir(tmp_path)
+    probe = _plain_tree(tmp_path / "probe")
+    seen: set[int] = set()
+    for mix in [*range(len(probe)), None]:
+        outcomes = []
+        for compiled in (True, False):
+            base = tmp_path / f"{mix}-{compiled}"
+            base.mkdir()
+            monkeypatch.chdir(base)
+            groups = _plain_tree(base)
+            Path("top-a").touch()
+            Path("top-b").touch()
+            if mix is None:
+                paths = [g[i] for i in range(4) for g in groups if i < len(g)]
+            else:
+                paths = groups[mix]
+            if compiled:
+                job = _cbulk.Job(paths)
+                job.run()
+                failures = job.failures()
+            else:
+                failures = _unlink.pure_unlinkat_many(None, paths, array("q", [0, 0]))
+            left = sorted(str(p.relative_to(base)) for p in base.rglob("*"))
+            outcomes.append((left, failures))
+        assert outcomes[0] == outcomes[1], f"group {mix}"
+        seen.update(code for _, code in outcomes[0][1])
+    assert {errno.ENOTDIR, errno.ELOOP, errno.EISDIR} <= seen
 
 
 @pytest.fixture
