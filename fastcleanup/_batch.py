@@ -25,11 +25,12 @@ __all__ = [
     "InProgress",
     "Requeued",
     "classify",
-    "leading",
     "path_of",
     "paths_of",
     "plain_removal",
+    "split",
     "sync_at_exit",
+    "window",
 ]
 
 DONE: Final = object()  # marks a finished slot in a batch (a task itself may be None)
@@ -41,26 +42,39 @@ def pure_paths_of(tasks: list[Any], start: int) -> list[Any]:
     return list(map(path_of, tasks[start:]))
 
 
-def pure_leading(items: Iterable[object], cls: type, limit: int) -> int:
-    """How many leading items, of the first ``limit``, are exactly of type ``cls``.
+def pure_window(items: Iterable[object], cls: type, limit: int, others: int) -> tuple[int, int]:
+    """``(taken, not_cls)``: how many of the first ``limit`` items to take so
+    that at most ``others`` of them are not exactly of type ``cls``, and how
+    many of those are not.
 
-    ``_cbulk.leading`` does it in C. Types are compared by identity, so no
+    ``_cbulk.window`` does it in C. Types are compared by identity, so no
     ``__eq__`` of a hostile metaclass runs.
     """
-    n = 0
+    taken = found = 0
     for t in map(type, islice(items, limit)):
         if t is not cls:
-            break
-        n += 1
-    return n
+            if found == others:
+                break
+            found += 1
+        taken += 1
+    return taken, found
 
 
-paths_of, leading = pure_paths_of, pure_leading
+def pure_split(tasks: list[Any], cls: type) -> tuple[list[int], list[int]]:
+    """The slots of ``tasks`` exactly of type ``cls``, and the others'; in C: ``_cbulk.split``."""
+    same: list[int] = []
+    rest: list[int] = []
+    for i, t in enumerate(map(type, tasks)):
+        (same if t is cls else rest).append(i)
+    return same, rest
+
+
+paths_of, split, window = pure_paths_of, pure_split, pure_window
 if COMPILED:
     # The same loops without a Python call per task: a burst's batches go
     # through them on the loop thread while the unlinking threads wait for
     # a core.
-    from ._cbulk import leading, paths_of  # type: ignore[assignment]
+    from ._cbulk import paths_of, split, window  # type: ignore[assignment]
 
 # Private task kinds that can also run without a loop, at interpreter exit:
 # their synchronous run (given the seconds left), by exact type. InProgress

@@ -386,34 +386,42 @@ static PyType_Spec Call_spec = {
  * threads wait for a core. attrgetter("path") costs some 50 ns a task and
  * map(type) plus list.count some 18; these loops take a few ns a task. */
 
-/* leading(items, cls, limit): how many of the first `limit` items of the
- * iterable `items` have exactly the type `cls`, counted until the first
- * that does not. Only types are compared: no __eq__ of the user's runs. */
+/* window(items, cls, limit, others): how many of the first `limit` items of
+ * the iterable `items` to take so that at most `others` of them are not of
+ * exactly type `cls` (it stops before the next one), as (taken, not_cls).
+ * Only types are compared: no __eq__ of the user's runs. */
 static PyObject *
-leading(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+window(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        return PyErr_Format(PyExc_TypeError, "leading() takes 3 arguments (%zd given)", nargs);
+    if (nargs != 4) {
+        return PyErr_Format(PyExc_TypeError, "window() takes 4 arguments (%zd given)", nargs);
     }
     if (!PyType_Check(args[1])) {
-        return PyErr_Format(PyExc_TypeError, "leading(): cls must be a type, not %.100s",
+        return PyErr_Format(PyExc_TypeError, "window(): cls must be a type, not %.100s",
                             Py_TYPE(args[1])->tp_name);
     }
     Py_ssize_t limit = PyNumber_AsSsize_t(args[2], PyExc_OverflowError);
     if (limit == -1 && PyErr_Occurred()) {
         return NULL;
     }
+    Py_ssize_t others = PyNumber_AsSsize_t(args[3], PyExc_OverflowError);
+    if (others == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
     PyObject *it = PyObject_GetIter(args[0]);
     if (it == NULL) {
         return NULL;
     }
-    Py_ssize_t n = 0;
+    Py_ssize_t n = 0, found = 0;
     PyObject *item;
     while (n < limit && (item = PyIter_Next(it)) != NULL) {
         int same = Py_TYPE(item) == (PyTypeObject *)args[1];
         Py_DECREF(item);
         if (!same) {
-            break;
+            if (found == others) {
+                break;
+            }
+            found++;
         }
         n++;
     }
@@ -421,7 +429,45 @@ leading(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred()) { /* a deque changed size while it was read, say */
         return NULL;
     }
-    return PyLong_FromSsize_t(n);
+    return Py_BuildValue("(nn)", n, found);
+}
+
+/* split(tasks, cls): the slots of a list whose items are of exactly type
+ * cls, and the slots of the rest, as two lists of ints. */
+static PyObject *
+split(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        return PyErr_Format(PyExc_TypeError, "split() takes 2 arguments (%zd given)", nargs);
+    }
+    if (!PyList_Check(args[0])) {
+        return PyErr_Format(PyExc_TypeError, "split(): tasks must be a list, not %.100s",
+                            Py_TYPE(args[0])->tp_name);
+    }
+    if (!PyType_Check(args[1])) {
+        return PyErr_Format(PyExc_TypeError, "split(): cls must be a type, not %.100s",
+                            Py_TYPE(args[1])->tp_name);
+    }
+    PyObject *same = PyList_New(0), *rest = PyList_New(0);
+    if (same == NULL || rest == NULL) {
+        goto error;
+    }
+    /* No Python code runs in the loop, so the list cannot change under it. */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(args[0]); i++) {
+        PyObject *slot = PyLong_FromSsize_t(i);
+        PyObject *into = Py_TYPE(PyList_GET_ITEM(args[0], i)) == (PyTypeObject *)args[1] ? same
+                                                                                        : rest;
+        if (slot == NULL || PyList_Append(into, slot) < 0) {
+            Py_XDECREF(slot);
+            goto error;
+        }
+        Py_DECREF(slot);
+    }
+    return Py_BuildValue("(NN)", same, rest);
+error:
+    Py_XDECREF(same);
+    Py_XDECREF(rest);
+    return NULL;
 }
 
 /* paths_of(tasks, start): [t.path for t in tasks[start:]] for a list. A
@@ -478,9 +524,13 @@ paths_of(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyMethodDef task_functions[] = {
-    {"leading", (PyCFunction)(void (*)(void))leading, METH_FASTCALL,
-     "leading(items, cls, limit) -> int\n--\n\n"
-     "How many of the first limit items have exactly type cls, up to the first that has not."},
+    {"window", (PyCFunction)(void (*)(void))window, METH_FASTCALL,
+     "window(items, cls, limit, others) -> (taken, not_cls)\n--\n\n"
+     "How many of the first limit items to take so that at most others of them\n"
+     "are not of exactly type cls, and how many of those are not."},
+    {"split", (PyCFunction)(void (*)(void))split, METH_FASTCALL,
+     "split(tasks, cls) -> (list[int], list[int])\n--\n\n"
+     "The slots of the list's items of exactly type cls, and the slots of the rest."},
     {"paths_of", (PyCFunction)(void (*)(void))paths_of, METH_FASTCALL,
      "paths_of(tasks, start) -> list\n--\n\n"
      "[t.path for t in tasks[start:]], read from the slot of a plain RemoveFile."},

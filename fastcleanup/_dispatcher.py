@@ -13,7 +13,7 @@ import time
 from itertools import repeat, starmap
 from typing import Any
 
-from ._batch import Batch, leading
+from ._batch import Batch, window
 from ._intake import IDLE
 from ._tasks import RemoveFile
 from ._worker import BatchWorker
@@ -54,12 +54,9 @@ class Dispatcher(BatchWorker):
                     self._capacity = loop.create_future()
                     await self._capacity
                     continue
-                n = min(len(queue), self._batch_size)
-                kind = None
-                if len(queue) > n and type(queue[0]) is RemoveFile:
-                    run = self._file_run(n)
-                    if run > n:  # all plain RemoveFile: the worker need not look again
-                        n, kind = run, RemoveFile.kind
+                n, kind = min(len(queue), self._batch_size), None
+                if len(queue) > n:
+                    n, kind = self._burst(n)
                 # A signal.signal() handler may raise (SystemExit) between any
                 # two bytecodes of this thread. The pops are one C call, so
                 # they happen whole or not at all; from there until the batch
@@ -93,27 +90,32 @@ class Dispatcher(BatchWorker):
             for batch in [b for b in self._batches if b.loop is loop and not b.counted]:
                 self._requeue(batch)
 
-    def _file_run(self, n: int) -> int:
-        """How many tasks to take when a burst of plain file removals heads the queue.
+    def _burst(self, n: int) -> tuple[int, str | None]:
+        """How many tasks to take from a burst, and their kind when all are plain files.
 
         A trickle gets batches of ``batch_size`` at most, for latency. In a
-        burst, a run of ``RemoveFile`` goes to one executor job of up to
-        ``FILE_BATCH`` files (spread over the cleaner's threads), so the
-        loop's work per batch, and the GIL it holds, is spread over many
-        files; such a batch starts no asyncio task per file, so the cap on
-        live tasks still holds.
+        burst, the files go to executor jobs of up to ``FILE_BATCH`` (spread
+        over the cleaner's threads), so the loop's work per batch, and the
+        GIL it holds, is spread over many files. A batch still starts an
+        asyncio task for each of its other tasks, so it takes no more than
+        ``n`` (``batch_size``) of those: the cap on live tasks holds, and a
+        burst that mixes in some other cleanups (a page closed per few
+        files) still removes its files in large jobs.
         """
         queue = self._queue
         want = min(len(queue) // self._io_threads, FILE_BATCH)
         if want <= n:
-            return n
+            return n, None
         try:
             # One C loop over the deque when compiled (no Python code runs
             # inside it, so no finalizer can submit meanwhile). Reading by
             # index would cost four times as much: a tuple per item.
-            return want if leading(queue, RemoveFile, want) == want else n
+            taken, others = window(queue, RemoveFile, want, n)
         except Exception:  # a deque mutated while it was read
-            return n
+            return n, None
+        if others == 0:  # all plain RemoveFile: the worker need not look again
+            return taken, RemoveFile.kind
+        return taken, None  # n tasks never hold more than n others: taken >= n
 
 
 FILE_BATCH = 1024  # files in one job at most: a second of unlinks on slow storage

@@ -16,7 +16,7 @@ from collections.abc import Collection
 from typing import Any
 
 from ._accounts import Accounts, logger, safe_repr
-from ._batch import DONE, Batch, InProgress, classify, paths_of, plain_removal
+from ._batch import DONE, Batch, InProgress, classify, paths_of, plain_removal, split
 from ._executor import DaemonExecutor
 from ._lane import FileLane, LaneJob
 from ._paths import FileJob, Refused, UnlinkJob, remove_tree_confined
@@ -86,8 +86,16 @@ class BatchWorker(Accounts):
         Each task is counted by kind here, once: ``retaken`` are slots of
         tasks a dead loop handed back, counted when first taken.
         """
-        taken = self._tally.taken_by
-        for i, task in enumerate(batch.tasks):
+        taken, tasks = self._tally.taken_by, batch.tasks
+        # The plain files by type, in C: a burst's mixed batch holds up to
+        # FILE_BATCH of them beside at most batch_size other tasks.
+        files, others = split(tasks, RemoveFile)
+        if files:
+            batch.files = files
+            fresh = len(files) - sum(type(tasks[i]) is RemoveFile for i in retaken)
+            taken[RemoveFile.kind] = taken.get(RemoveFile.kind, 0) + fresh
+        for i in others:
+            task = tasks[i]
             cls = type(task)
             try:
                 kind = KINDS.get(cls) or kind_or_invalid(task)
@@ -178,8 +186,8 @@ class BatchWorker(Accounts):
             try:
                 if len(slots) == len(tasks):  # every slot is a file: map in C
                     paths = paths_of(tasks, first)
-                else:
-                    paths = [tasks[i].path for i in slots[first:]]
+                else:  # a mixed batch: its files' tasks first, still without a Python loop
+                    paths = paths_of(list(map(tasks.__getitem__, slots[first:])), 0)
             except Exception:  # a subclass's path property raised, say
                 paths = [path_or_none(tasks[i]) for i in slots[first:]]
             job: FileJob

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections import deque
 from collections.abc import Callable
@@ -70,33 +71,51 @@ async def test_a_trickle_gets_batches_of_one(scratch: Path, make_cleaner: MakeCl
     await cleaner.shutdown()
 
 
-async def test_bursts_that_are_not_all_files_keep_batch_size(
+async def test_a_mixed_burst_takes_its_files_in_large_jobs_and_caps_the_rest(
     scratch: Path, make_cleaner: MakeCleaner
 ) -> None:
-    cleaner = make_cleaner(batch_size=32)
+    """One other task among every 50 files, then a burst with no file at all.
+
+    The files still go in batches far above ``batch_size``, while no batch
+    ever runs more than ``batch_size`` other tasks (one batch at a time
+    here, so that is how many run at once)."""
+    cleaner = make_cleaner(batch_size=32, max_batches=1)
     files = make_files(scratch, 3000)
     ran: list[int] = []
+    running = [0, 0]  # now, most at once
 
     async def note(i: int) -> None:
+        running[0] += 1
+        running[1] = max(running)
+        await asyncio.sleep(0)  # so that the batch's other children start meanwhile
+        running[0] -= 1
         ran.append(i)
+
+    class Sub(fc.RemoveFile):  # a plain file removal too, though not of the exact type
+        pass
 
     cleaner.init_worker()
     for i, p in enumerate(files):
-        cleaner.submit(fc.RemoveFile(p))
-        if i % 50 == 0:  # one other task among every 50 files
+        cleaner.submit(Sub(p) if i % 700 == 0 else fc.RemoveFile(p))
+        if i % 50 == 0:
             cleaner.submit(fc.Call(note, i))
-    for i in range(3000):  # then a burst with no file at all
+    for i in range(3000):
         cleaner.submit(fc.Call(note, i))
     assert await cleaner.drain(timeout=30)
 
     assert os.listdir(scratch) == []
-    assert len(ran) == 60 + 3000
-    assert batches_above(cleaner, 32) == 0, cleaner._tally.batch_size.counts
-    assert_conserved(cleaner.stats())
+    assert sorted(ran) == sorted([*range(0, 3000, 50), *range(3000)])
+    assert running[1] == 32
+    assert batches_above(cleaner, 256) > 0, cleaner._tally.batch_size.counts
+    stats = cleaner.stats()
+    assert (stats.completed, stats.failed) == (6060, 0)
+    assert cleaner._tally.taken_by == {"remove_file": 3000, "call": 3060}
+    assert_conserved(stats)
     await cleaner.shutdown()
 
 
-LEADING = [_batch.pure_leading] + ([_cbulk.leading] if _unlink.COMPILED else [])
+WINDOW = [_batch.pure_window] + ([_cbulk.window] if _unlink.COMPILED else [])
+SPLIT = [_batch.pure_split] + ([_cbulk.split] if _unlink.COMPILED else [])
 PATHS_OF = [_batch.pure_paths_of] + ([_cbulk.paths_of] if _unlink.COMPILED else [])
 
 
@@ -104,19 +123,22 @@ def build_id(fn: object) -> str:
     return "pure" if getattr(fn, "__module__", None) == _batch.__name__ else "compiled"
 
 
-@pytest.mark.parametrize("leading", LEADING, ids=build_id)
-def test_leading_counts_the_run_of_one_exact_type(leading: Callable[..., int]) -> None:
+@pytest.mark.parametrize("window", WINDOW, ids=build_id)
+def test_window_takes_up_to_so_many_others(window: Callable[..., tuple[int, int]]) -> None:
     class Sub(fc.RemoveFile):
         pass
 
     f, s, c = fc.RemoveFile("/a"), Sub("/b"), fc.Call(_noop)
-    queue = deque([f, f, f, s, f, c])
-    assert leading(queue, fc.RemoveFile, 10) == 3  # a subclass ends the run
-    assert leading(queue, fc.RemoveFile, 2) == 2
-    assert leading(queue, fc.RemoveFile, 0) == 0
-    assert leading(deque(), fc.RemoveFile, 5) == 0
-    assert leading([c, f], fc.RemoveFile, 5) == 0
-    assert leading(iter([s, s, f]), Sub, 5) == 2
+    queue = deque([f, f, f, s, f, c, f, f])
+    assert window(queue, fc.RemoveFile, 10, 0) == (3, 0)  # a subclass is another type
+    assert window(queue, fc.RemoveFile, 10, 1) == (5, 1)
+    assert window(queue, fc.RemoveFile, 10, 2) == (8, 2)
+    assert window(queue, fc.RemoveFile, 6, 5) == (6, 2)  # the limit first
+    assert window(queue, fc.RemoveFile, 2, 0) == (2, 0)
+    assert window(queue, fc.RemoveFile, 0, 3) == (0, 0)
+    assert window(deque(), fc.RemoveFile, 5, 1) == (0, 0)
+    assert window([c, f], fc.RemoveFile, 5, 0) == (0, 0)
+    assert window(iter([s, s, f, s]), Sub, 5, 0) == (2, 0)
 
 
 class _Raising(type):
@@ -126,11 +148,23 @@ class _Raising(type):
     __hash__ = type.__hash__
 
 
-@pytest.mark.parametrize("leading", LEADING, ids=build_id)
-def test_leading_compares_types_by_identity_only(leading: Callable[..., int]) -> None:
+@pytest.mark.parametrize("window", WINDOW, ids=build_id)
+def test_window_compares_types_by_identity_only(window: Callable[..., tuple[int, int]]) -> None:
     hostile = _Raising("Hostile", (), {})()
-    assert leading([fc.RemoveFile("/a"), hostile], fc.RemoveFile, 5) == 1
-    assert leading([hostile, hostile], type(hostile), 5) == 2
+    assert window([fc.RemoveFile("/a"), hostile], fc.RemoveFile, 5, 0) == (1, 0)
+    assert window([hostile, hostile], type(hostile), 5, 0) == (2, 0)
+
+
+@pytest.mark.parametrize("split", SPLIT, ids=build_id)
+def test_split_parts_the_slots_by_exact_type(split: Callable[..., Any]) -> None:
+    class Sub(fc.RemoveFile):
+        pass
+
+    f, s, c = fc.RemoveFile("/a"), Sub("/b"), fc.Call(_noop)
+    hostile = _Raising("Hostile", (), {})()
+    assert split([f, c, s, f, hostile, None], fc.RemoveFile) == ([0, 3], [1, 2, 4, 5])
+    assert split([], fc.RemoveFile) == ([], [])
+    assert split([c, c], fc.Call) == ([0, 1], [])
 
 
 @pytest.mark.parametrize("paths_of", PATHS_OF, ids=build_id)
