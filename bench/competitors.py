@@ -35,6 +35,8 @@ __all__ = [
     "CONFINED",
     "FILE_COMPETITORS",
     "IDLE",
+    "MIXED",
+    "MIX_EVERY",
     "ONE_THREAD",
     "SLICE",
     "RustPort",
@@ -370,6 +372,33 @@ async def _fastcleanup_files(
         yield burst
 
 
+MIXED: Final = "fastcleanup-mixed-uvloop"
+MIX_EVERY: Final = 20  # a trivial Call submitted before every 20th file of a mixed burst
+
+
+@contextlib.asynccontextmanager
+async def _fastcleanup_mixed() -> AsyncIterator[Burst[Paths]]:
+    """Files with a trivial Call among them, as a crawler closes a page every few files."""
+    async with _cleaner() as cleaner:
+
+        async def burst(paths: Paths) -> None:
+            before, box, calls = cleaner.stats(), [0], 0
+            submit, remove_file, call = cleaner.submit, fc.RemoveFile, fc.Call
+            for part in _slices(paths):  # SLICE is a multiple of MIX_EVERY
+                for k in range(0, len(part), MIX_EVERY):
+                    submit(call(trivial, box))
+                    for p in part[k : k + MIX_EVERY]:
+                        submit(remove_file(p))
+                calls += -(-len(part) // MIX_EVERY)
+                await asyncio.sleep(0)
+            if not await cleaner.drain(timeout=_WAIT):
+                raise BenchError(f"{cleaner!r} did not drain within {_WAIT} s")
+            _check(cleaner, before, len(paths) + calls)
+            _check_ran(box, calls, MIXED)
+
+        yield burst
+
+
 CONFINED: Final = "fastcleanup-roots-uvloop"
 ONE_THREAD: Final = "fastcleanup-1-thread-uvloop"
 
@@ -546,6 +575,13 @@ FILE_COMPETITORS: Final[dict[str, Competitor[Paths]]] = _registry(
         "fastcleanup-uvloop",
         "fastcleanup Cleaner.submit(RemoveFile(p)) on uvloop",
         _fastcleanup_files,
+        loop="uvloop",
+        needs="uvloop",
+    ),
+    Competitor(
+        MIXED,
+        f"the same with a trivial Call submitted before every {MIX_EVERY}th file",
+        _fastcleanup_mixed,
         loop="uvloop",
         needs="uvloop",
     ),

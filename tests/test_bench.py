@@ -30,7 +30,7 @@ from bench.cli import (
     render,
     targets,
 )
-from bench.competitors import CHUNKED, CONFINED, FILE_COMPETITORS, busy_loop, confined_to
+from bench.competitors import CHUNKED, CONFINED, FILE_COMPETITORS, MIXED, busy_loop, confined_to
 from bench.harness import (
     BenchError,
     Burst,
@@ -197,6 +197,7 @@ def test_targets_compare_within_the_run() -> None:
                 "unlink-1-thread": m("unlink-1-thread", 1.0),
                 "fastcleanup-uvloop": m("fastcleanup-uvloop", 0.5),
                 CONFINED: m(CONFINED, 0.8),
+                MIXED: m(MIXED, 0.625),
             },
             "100-dirs": {
                 "unlink-1-thread": m("unlink-1-thread", 1.0),
@@ -217,6 +218,8 @@ def test_targets_compare_within_the_run() -> None:
     confined = found[f"one-dir, 1,000 files: {CONFINED} vs unlink-1-thread"]
     assert (confined.value, confined.met) == (1.25, False)
     assert found[f"one-dir, 1,000 files: {CONFINED} vs fastcleanup-uvloop"].value == 0.625
+    mixed = found[f"one-dir, 1,000 files: {MIXED} vs fastcleanup-uvloop"]
+    assert (mixed.value, mixed.met) == (0.8, False)
     assert found["100-dirs, 1,000 files: fastcleanup-uvloop vs unlink-1-thread"].value == 1.6
     assert not found["100-dirs, 1,000 files: fastcleanup-uvloop vs unlink-1-thread"].met
     assert found["per-file, 1,000 files: fastcleanup-uvloop vs gather-aiofiles"].value == 20.0
