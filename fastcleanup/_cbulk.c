@@ -586,35 +586,28 @@ plain(JobObject *job, Py_ssize_t k, slot_t *table, int *open_count)
 {
     const char *p = job->paths[k];
     const char *slash = strrchr(p, '/');
-    int fd = AT_FDCWD;
-    const char *name = p;
-    if (slash != NULL && slash[1] != '\0' && strcmp(slash + 1, ".") != 0 &&
-        strcmp(slash + 1, "..") != 0) {
-        size_t plen = slash == p ? 1 : (size_t)(slash - p);
-        size_t i = slot_of(table, p, plen);
-        if (table[i].parent == NULL) {
-            fill_slot(table, open_count, i, p, plen, P_SEEN, -1);
-        }
-        else {
-            if (table[i].status == P_SEEN) {
-                char parent[PATH_MAX];
-                table[i].status = P_BYPATH;
-                if (plen < sizeof(parent)) {
-                    memcpy(parent, p, plen);
-                    parent[plen] = '\0';
-                    int opened = open(parent, PARENT_FLAGS);
-                    if (opened >= 0) {
-                        table[i].status = P_OPEN;
-                        table[i].value = opened;
-                    }
-                }
-            }
-            if (table[i].status == P_OPEN) {
-                fd = table[i].value;
-                name = slash + 1;
-            }
-        }
+    if (slash == NULL || slash[1] == '\0' || strcmp(slash + 1, ".") == 0 ||
+        strcmp(slash + 1, "..") == 0) {
+        return unlinkat(AT_FDCWD, p, 0) != 0 && errno != ENOENT ? errno : 0;
     }
+    size_t plen = slash == p ? 1 : (size_t)(slash - p);
+    size_t i = slot_of(table, p, plen);
+    if (table[i].parent == NULL) {
+        i = fill_slot(table, open_count, i, p, plen, P_SEEN, -1);
+    }
+    else if (table[i].status == P_SEEN) {
+        char parent[PATH_MAX];
+        int opened = -1;
+        if (plen < sizeof(parent)) {
+            memcpy(parent, p, plen);
+            parent[plen] = '\0';
+            opened = open(parent, PARENT_FLAGS);
+        }
+        table[i].status = opened >= 0 ? P_OPEN : P_BYPATH;
+        table[i].value = opened;
+    }
+    int fd = table[i].status == P_OPEN ? table[i].value : AT_FDCWD;
+    const char *name = fd == AT_FDCWD ? p : slash + 1;
     return unlinkat(fd, name, 0) != 0 && errno != ENOENT ? errno : 0;
 }
 

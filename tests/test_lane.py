@@ -11,6 +11,7 @@ import asyncio
 import errno
 import gc
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -115,6 +116,50 @@ def test_a_job_without_roots_closes_every_parent_it_opened(scratch: Path) -> Non
         assert (job.done, job.failures()) == (len(files), [])
     assert all(not os.listdir(d) for d in dirs)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+_TRACED_JOB = """
+import sys
+from fastcleanup import _cbulk
+job = _cbulk.Job(sys.argv[1:])
+job.run()
+sys.exit(str(job.failures()) if job.failures() else 0)
+"""
+
+
+def test_a_job_without_roots_opens_a_parent_only_for_its_second_file(
+    scratch: Path, tmp_path: Path
+) -> None:
+    """The system calls of a job, traced: a file alone in its directory is
+    unlinked by path with no open; a directory's second file opens it once
+    (O_PATH), and its files from then on are unlinked by name from there."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    alone = [str(scratch / f"a{d}" / "f") for d in range(5)]
+    together = [str(scratch / "many" / f"f{i}") for i in range(5)]
+    for f in alone + together:
+        Path(f).parent.mkdir(exist_ok=True)
+        Path(f).touch()
+    trace = tmp_path / "job.strace"
+    command = [strace, "-f", "-qq", "-e", "trace=openat,unlinkat", "-o", str(trace)]
+    proc = subprocess.run(
+        [*command, sys.executable, "-c", _TRACED_JOB, *alone, *together],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if proc.returncode != 0 and "ptrace" in proc.stderr:
+        pytest.skip(f"strace cannot trace here: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    calls = trace.read_text().splitlines()
+    opened = [c for c in calls if "O_PATH" in c and str(scratch) in c]
+    assert len(opened) == 1 and f'"{scratch}/many"' in opened[0], opened
+    by_path = [c for c in calls if f'unlinkat(AT_FDCWD, "{scratch}/' in c]
+    assert len(by_path) == 6  # the five alone, and the first file of many/
+    by_name = [c for c in calls if re.search(r'unlinkat\(\d+, "f[1-4]", 0\)\s*= 0', c)]
+    assert len(by_name) == 4, calls
+    assert [p for p in scratch.rglob("*") if p.is_file()] == []
 
 
 def _plain_tree(base: Path) -> list[list[str]]:
