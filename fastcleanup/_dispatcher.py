@@ -94,7 +94,7 @@ class Dispatcher(BatchWorker):
         """How many tasks to take from a burst, and their kind when all are plain files.
 
         A trickle gets batches of ``batch_size`` at most, for latency. In a
-        burst, the files go to executor jobs of up to ``FILE_BATCH`` (spread
+        burst, the files go to file jobs of up to ``FILE_BATCH`` (spread
         over the cleaner's threads), so the loop's work per batch, and the
         GIL it holds, is spread over many files. A batch still starts an
         asyncio task for each of its other tasks, so it takes no more than
