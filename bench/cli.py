@@ -652,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     n_queued = pick("queued", args.queued, 50_000, 200_000)
     if args.plot and not _importable("matplotlib"):
         print(
-            "bench: --plot needs matplotlib; install it with pip install 'fastcleanup[plot]'",
+            "bench: --plot needs matplotlib; install it with pip install matplotlib",
             file=sys.stderr,
         )
         return 2

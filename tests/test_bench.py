@@ -345,7 +345,7 @@ def test_main_plot_without_matplotlib_says_how_to_fix(
 ) -> None:
     monkeypatch.setattr(bench_cli, "_importable", lambda module: module != "matplotlib")
     assert main(["--quick", "--plot", str(tmp_path / "x.png")]) == 2
-    assert "pip install 'fastcleanup[plot]'" in capsys.readouterr().err
+    assert "pip install matplotlib" in capsys.readouterr().err
 
 
 def test_fit_sizes_keeps_file_creation_within_the_budget() -> None:
