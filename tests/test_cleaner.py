@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import gc
 import logging
@@ -747,4 +748,117 @@ async def test_a_file_task_without_a_readable_path_fails_alone(
     assert (stats.completed, stats.failed) == (3000, 1)
     assert_conserved(stats)
     assert "has no readable path" in caplog.text
+    await cleaner.shutdown()
+
+
+def test_stats_is_a_frozen_snapshot(make_cleaner: MakeCleaner) -> None:
+    """``stats()`` hands out a frozen ``fc.Stats``: no caller can change the
+    counters through it, and later work does not change a snapshot taken."""
+    cleaner = make_cleaner()
+    cleaner.submit(None)  # type: ignore[arg-type]  # not started: dropped, counted
+    snapshot = cleaner.stats()
+    assert type(snapshot) is fc.Stats and type(fc.stats()) is fc.Stats
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snapshot.submitted = 5  # type: ignore[misc]
+    cleaner.submit(None)  # type: ignore[arg-type]
+    assert (snapshot.submitted, snapshot.dropped_before_init) == (0, 1)
+    assert cleaner.stats().dropped_before_init == 2
+
+
+async def test_a_hung_cleanup_does_not_stall_the_dispatcher(make_cleaner: MakeCleaner) -> None:
+    """The dispatcher never awaits cleanup work: while one cleanup hangs (far
+    from its timeout), the tasks submitted after it are taken and finish."""
+    cleaner = make_cleaner(batch_size=1, max_batches=2, task_timeout=60)
+    cleaner.init_worker()
+    hanging, gate = asyncio.Event(), asyncio.Event()
+    done: list[int] = []
+    all_done = asyncio.Event()
+
+    async def hang() -> None:
+        hanging.set()
+        await gate.wait()
+
+    async def quick(i: int) -> None:
+        done.append(i)
+        if len(done) == 100:
+            all_done.set()
+
+    cleaner.submit(fc.Call(hang))
+    await asyncio.wait_for(hanging.wait(), 10)
+    for i in range(100):
+        cleaner.submit(fc.Call(quick, i))
+    await asyncio.wait_for(all_done.wait(), 10)
+    stats = cleaner.stats()
+    assert sorted(done) == list(range(100))
+    assert (stats.completed, stats.in_flight, stats.queued) == (100, 1, 0), stats
+    gate.set()
+    assert await cleaner.drain(timeout=10)
+    assert cleaner.stats().completed == 101
+    await cleaner.shutdown()
+
+
+async def test_aclose_prefers_aclose_over_close(make_cleaner: MakeCleaner) -> None:
+    """``AClose`` awaits ``aclose()`` when there is one; ``close()`` only otherwise."""
+    called: list[str] = []
+
+    class Both:
+        async def aclose(self) -> None:
+            called.append("aclose")
+
+        async def close(self) -> None:
+            called.append("close")
+
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    cleaner.submit(fc.AClose(Both()))
+    assert await cleaner.drain(timeout=5)
+    assert called == ["aclose"]
+    assert (cleaner.stats().completed, cleaner.stats().failed) == (1, 0)
+    await cleaner.shutdown()
+
+
+@pytest.mark.parametrize("path", ["lane", "pure"])
+async def test_a_file_already_gone_counts_as_completed(
+    path: str, scratch: Path, make_cleaner: MakeCleaner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``RemoveFile`` of a path that no longer exists is a success, whichever
+    job removes it, alone or among files that do exist."""
+    if path == "lane" and not _unlink.COMPILED:
+        pytest.skip("the compiled module is not built")
+    if path == "pure":  # a replaced os.unlink sends file jobs to the pure-Python twin
+        real_unlink = os.unlink
+
+        def unlink(p: str, *, dir_fd: int | None = None) -> None:
+            real_unlink(p, dir_fd=dir_fd)
+
+        monkeypatch.setattr(os, "unlink", unlink)
+    assert _unlink.use_compiled() is (path == "lane")
+    present = make_files(scratch, 3)
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    cleaner.submit(fc.RemoveFile(scratch / "never-there"))  # alone: a batch of one
+    assert await cleaner.drain(timeout=10)
+    for p in present:
+        cleaner.submit(fc.RemoveFile(p))
+        cleaner.submit(fc.RemoveFile(p + "-gone"))
+    assert await cleaner.drain(timeout=10)
+    assert os.listdir(scratch) == []
+    stats = cleaner.stats()
+    assert (stats.completed, stats.failed) == (7, 0), stats
+    assert cleaner._tally.completed_by == {"remove_file": 7}
+    await cleaner.shutdown()
+
+
+async def test_io_threads_sets_the_cleaner_s_own_threads(make_cleaner: MakeCleaner) -> None:
+    """``io_threads=N``: N executor threads, and N lane threads with the C module; all daemons."""
+    name = f"three-{os.urandom(4).hex()}"  # a fresh name: no earlier test's threads match
+    cleaner = make_cleaner(name=name, io_threads=3)
+    cleaner.init_worker()
+    mine = [t for t in threading.enumerate() if t.name.startswith(f"fastcleanup-{name}-")]
+    lane = sorted(t.name for t in mine if "-lane-" in t.name)
+    executor = sorted(t.name for t in mine if "-lane-" not in t.name)
+    assert executor == [f"fastcleanup-{name}-{i}" for i in range(3)], executor
+    expected_lane = [f"fastcleanup-{name}-lane-{i}" for i in range(3)]
+    assert lane == (expected_lane if _unlink.COMPILED else []), lane
+    assert all(t.daemon for t in mine)
     await cleaner.shutdown()

@@ -38,6 +38,30 @@ async def test_on_collect_submits_when_the_object_dies(
     await cleaner.shutdown()
 
 
+async def test_on_collect_detach_cancels_the_cleanup(
+    scratch: Path, make_cleaner: MakeCleaner
+) -> None:
+    """``.detach()`` on what ``on_collect`` returned: the object dies, nothing is submitted."""
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    (scratch / "profile").mkdir()
+
+    class Page:
+        pass
+
+    page = Page()
+    fin = fc.on_collect(page, fc.RemoveTree(scratch / "profile"), cleaner=cleaner)
+    assert fin.detach() is not None
+    assert not fin.alive
+    del page
+    gc.collect()
+    assert await cleaner.drain(timeout=5)
+    assert (scratch / "profile").is_dir()
+    stats = cleaner.stats()
+    assert (stats.submitted, stats.dropped_before_init) == (0, 0), stats
+    await cleaner.shutdown()
+
+
 def test_on_collect_checks_the_task_at_once() -> None:
     with pytest.raises(TypeError, match="cleanup task"):
         fc.on_collect(object, "rm -rf")  # type: ignore[arg-type]

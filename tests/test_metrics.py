@@ -309,3 +309,62 @@ async def test_aiohttp_handler_serves_the_registry(registry: CollectorRegistry) 
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain")
         assert f'fastcleanup_queued{{cleaner="{cleaner.name}"}}' in await resp.text()
+
+
+async def test_submitted_is_counted_by_kind_when_the_dispatcher_takes_it(
+    make_cleaner: MakeCleaner, registry: CollectorRegistry
+) -> None:
+    """Until the dispatcher first takes a task, it is in ``fastcleanup_queued``
+    alone: ``fastcleanup_submitted_total`` counts it by kind from then on."""
+    cleaner = make_cleaner(name="lagging")
+
+    async def nothing() -> None:
+        pass
+
+    cleaner.init_worker()
+    cleaner.submit(fc.Call(nothing))
+    assert await cleaner.drain(timeout=5)
+    submitted = {"cleaner": "lagging", "task": "call"}
+    assert registry.get_sample_value("fastcleanup_submitted_total", submitted) == 1.0
+    # The loop does not run between these submits and the scrape: none is taken yet.
+    for _ in range(3):
+        cleaner.submit(fc.Call(nothing))
+    assert cleaner.stats().submitted == 4
+    assert registry.get_sample_value("fastcleanup_queued", {"cleaner": "lagging"}) == 3.0
+    assert registry.get_sample_value("fastcleanup_submitted_total", submitted) == 1.0
+    assert await cleaner.drain(timeout=5)
+    assert registry.get_sample_value("fastcleanup_submitted_total", submitted) == 4.0
+    await cleaner.shutdown()
+
+
+def test_serve_binds_the_address_it_is_given(registry: CollectorRegistry) -> None:
+    """``addr=`` is honoured: all interfaces answer, 127.0.0.1 among them."""
+    cleaner = fc.Cleaner(name="anyhost", registry=registry)
+    with fc.metrics.serve(port=0, addr="0.0.0.0", registry=registry) as server:
+        assert server.addr == "0.0.0.0" and server.port > 0
+        assert server._httpd.server_address[0] == "0.0.0.0"
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            body = resp.read().decode()
+    assert f'fastcleanup_queued{{cleaner="{cleaner.name}"}} 0.0' in body
+
+
+async def test_register_exports_a_cleaner_made_without_a_registry(
+    make_cleaner: MakeCleaner, registry: CollectorRegistry
+) -> None:
+    """``fc.metrics.register(cleaner, registry)``: a cleaner built with
+    ``registry=None`` shows up there, with what it counted before."""
+    cleaner = make_cleaner(registry=None, name="late-export")
+
+    async def nothing() -> None:
+        pass
+
+    cleaner.init_worker()
+    cleaner.submit(fc.Call(nothing))
+    assert await cleaner.drain(timeout=5)
+    assert 'cleaner="late-export"' not in generate_latest(registry).decode()
+    fc.metrics.register(cleaner, registry)
+    labels = {"cleaner": "late-export", "task": "call"}
+    assert registry.get_sample_value("fastcleanup_completed_total", labels) == 1.0
+    assert registry.get_sample_value("fastcleanup_worker_up", {"cleaner": "late-export"}) == 1.0
+    await cleaner.shutdown()

@@ -260,6 +260,62 @@ def test_every_later_start_sweeps_again(
     assert registry.get_sample_value("fastcleanup_completed_total", labels) == 2.0
 
 
+def test_sweep_runs_at_once_on_a_running_cleaner_and_once_per_base_at_each_start(
+    scratch: Path, make_cleaner: MakeCleaner, registry: CollectorRegistry, loop_kind: str
+) -> None:
+    """``fc.sweep(base)`` on a running cleaner sweeps now; a base registered
+    several times (however spelled) is still one ``sweep`` task per start."""
+    a, b = scratch / "a", scratch / "b"
+    a.mkdir()
+    b.mkdir()
+
+    def leftover(base: Path, n: int) -> Path:
+        """A dead process's scratch directory: its lock file, held by nobody."""
+        d = base / f"fastcleanup-{n}-{n:016x}"
+        d.mkdir()
+        (d / protocol.LOCK).touch()
+        (d / "page.part").touch()
+        return d
+
+    cleaner = make_cleaner()
+    labels = {"cleaner": cleaner.name, "task": "sweep"}
+
+    def sweeps() -> float:
+        return registry.get_sample_value("fastcleanup_completed_total", labels) or 0.0
+
+    async def running() -> None:
+        cleaner.init_worker()
+        assert await cleaner.drain(timeout=TIMEOUT)
+        assert cleaner.stats().submitted == 0  # nothing registered: nothing to sweep
+        dead = leftover(a, 1)
+        fc.sweep(a, cleaner=cleaner)  # the cleaner runs: the sweep is submitted now
+        assert await cleaner.drain(timeout=TIMEOUT)
+        assert not dead.exists()
+        await cleaner.shutdown()
+
+    with asyncio.Runner(loop_factory=loop_factory(loop_kind)) as runner:
+        runner.run(running())
+    assert sweeps() == 1
+    assert swept(registry, cleaner, "directory") == 1
+
+    fc.sweep(a / ".." / "a", cleaner=cleaner)  # the same base again, spelled otherwise
+    fc.sweep(b, cleaner=cleaner)
+    assert cleaner.stats().submitted == 1  # stopped: nothing submitted until the start
+    dead = [leftover(a, 2), leftover(b, 3)]
+
+    async def restart() -> None:
+        cleaner.init_worker()
+        assert await cleaner.drain(timeout=TIMEOUT)
+        await cleaner.shutdown()
+
+    with asyncio.Runner(loop_factory=loop_factory(loop_kind)) as runner:
+        runner.run(restart())
+    assert not any(d.exists() for d in dead)
+    assert sweeps() == 3  # one per base, a and b
+    assert cleaner._tally.taken_by == {"sweep": 3}
+    assert (swept(registry, cleaner, "directory"), swept(registry, cleaner, "file")) == (3, 3)
+
+
 async def test_the_sweep_is_confined_to_base_whatever_allowed_roots_say(
     scratch: Path,
     make_cleaner: MakeCleaner,
@@ -403,6 +459,34 @@ def test_sweep_never_follows_a_symlink_nor_touches_other_entries(scratch: Path) 
     assert (outside / "precious").read_text() == "not a leftover"
 
 
+async def test_swept_files_count_every_non_directory_links_included(
+    scratch: Path, make_cleaner: MakeCleaner, registry: CollectorRegistry
+) -> None:
+    """``fastcleanup_swept_total{type="file"}`` counts the files and the other
+    non-directories (symlinks, FIFOs) in a dead directory, at any depth, the
+    lock file left out; a link counts once and is never followed."""
+    base = scratch / "base"
+    outside = scratch / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "deep" / "precious").write_text("not a leftover")
+    dead = base / f"fastcleanup-9-{'9' * 16}"
+    (dead / "sub").mkdir(parents=True)
+    (dead / protocol.LOCK).touch()
+    (dead / "page.part").touch()
+    (dead / "sub" / "nested.part").touch()
+    (dead / "to-a-dir").symlink_to(outside, target_is_directory=True)
+    (dead / "sub" / "to-a-file").symlink_to(outside / "deep" / "precious")
+    os.mkfifo(dead / "fifo")
+    cleaner = make_cleaner()
+    fc.sweep(base, cleaner=cleaner)
+    cleaner.init_worker()
+    assert await cleaner.drain(timeout=TIMEOUT)
+    assert not dead.exists()
+    assert (outside / "deep" / "precious").read_text() == "not a leftover"
+    assert (swept(registry, cleaner, "directory"), swept(registry, cleaner, "file")) == (1, 5)
+    await cleaner.shutdown()
+
+
 def test_a_directory_held_in_this_process_survives_a_sweep(scratch: Path) -> None:
     # flock locks belong to open file descriptions: a sweep in the owner's
     # own process that opens the lock file again is refused like any other.
@@ -504,6 +588,28 @@ async def test_scratch_dir_files_go_through_its_cleaner_and_close_removes_it(
     s.close()  # idempotent
     # One sweep (at construction) and one tree removal (close), nothing swept.
     assert cleaner.stats().completed == 3 and cleaner.stats().failed == 0
+    await cleaner.shutdown()
+
+
+async def test_close_keeps_the_lock_until_the_cleaner_has_removed_the_directory(
+    scratch: Path, make_cleaner: MakeCleaner
+) -> None:
+    """close() on a running cleaner queues the removal and still holds the
+    lock meanwhile: a sweep that comes before the removal leaves it alone."""
+    cleaner = make_cleaner()
+    cleaner.init_worker()
+    base = scratch / "base"
+    s = fc.ScratchDir(base, cleaner=cleaner)
+    assert await cleaner.drain(timeout=TIMEOUT)  # its start's sweep: done
+    path = s.path
+    (path / "page.part").touch()
+    s.close()  # queued: the loop has not run since
+    assert cleaner.stats().queued == 1
+    assert _sweep(base) == []  # another sweeper finds it locked
+    assert (path / "page.part").exists()
+    assert await cleaner.drain(timeout=TIMEOUT)
+    assert not path.exists()
+    assert scratch_dirs(base) == []
     await cleaner.shutdown()
 
 
