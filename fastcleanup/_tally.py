@@ -55,7 +55,8 @@ class Stats:
     """A snapshot of a cleaner's counters and gauges.
 
     ``submitted == completed + failed + dropped_at_exit + queued + in_flight``
-    holds exactly whenever the cleaner is quiet.
+    holds exactly whenever nothing is submitted or finishes while it is
+    taken (after ``drain()``, for instance).
     """
 
     submitted: int

@@ -687,6 +687,12 @@ def test_exit_is_bounded_by_exit_timeout(scratch: Path, kind: str) -> None:
     assert stats["completed"] == 200 - left
     assert stats["dropped_at_exit"] == left > 0  # 200 x 5 ms do not fit in 0.3 s
     assert stats["submitted"] == stats["completed"] + stats["dropped_at_exit"]
+    # A cleaner of its own is named in one warning of its own, as the default one is.
+    summaries = re.findall(
+        r"fastcleanup: cleaner (\S+) dropped (\d+) queued task\(s\) at exit, unrun: (.*)", err
+    )
+    assert [(n, rest) for _, n, rest in summaries] == [(str(left), f"remove_file {left}")], err
+    assert summaries[0][0] != "default"
 
 
 SIGTERM_CHILD = """
