@@ -374,17 +374,20 @@ typedef struct JobObject {
     struct JobObject *next;
 } JobObject;
 
-/* Outcomes of resolving one parent, cached for all of its files. P_SEEN
- * and P_BYPATH serve jobs without roots: a parent seen once, and one whose
+/* Outcomes of resolving one parent, cached for all of its files. P_OPEN
+ * is a directory opened by the O_NOFOLLOW walk of its own spelling, which
+ * the walk of a deeper parent may start from; P_RESOLVED one opened
+ * through realpath(3), which serves its own files only. P_SEEN and
+ * P_BYPATH serve jobs without roots: a parent seen once, and one whose
  * files are unlinked by path (opening it failed). */
-enum { P_OPEN, P_GONE, P_FAIL, P_FALLBACK, P_SEEN, P_BYPATH };
+enum { P_OPEN, P_RESOLVED, P_GONE, P_FAIL, P_FALLBACK, P_SEEN, P_BYPATH };
 #define REFUSED_CODE 0x10000 /* code[k]: outside every root (larger than any errno) */
 
 typedef struct {
     const char *parent; /* a prefix of one entry's path; NULL marks a free slot */
     size_t len;
     int status;         /* one of the P_ outcomes */
-    int value;          /* P_OPEN: the descriptor; P_FAIL: errno or REFUSED_CODE */
+    int value;          /* P_OPEN, P_RESOLVED: the descriptor; P_FAIL: errno or REFUSED_CODE */
 } slot_t;
 
 static PyTypeObject Job_Type;
@@ -421,119 +424,12 @@ root_of(JobObject *job, const char *p, size_t plen, const char **rest, size_t *r
     return -1;
 }
 
-/* Open rest[0:restlen] below root r, one O_NOFOLLOW component at a time
- * from the root's descriptor (opened once per run): 0 with *fd set, an
- * errno, or -1 when only the Python resolver can say (the root itself
- * cannot be opened, the path is too long). */
-static int
-walk(JobObject *job, Py_ssize_t r, const char *rest, size_t restlen, int *fd)
-{
-    if (job->root_fd[r] == -1) {
-        job->root_fd[r] = open(job->roots[r], DIR_FLAGS);
-        if (job->root_fd[r] < 0) {
-            job->root_fd[r] = -2;
-        }
-    }
-    int top = job->root_fd[r];
-    if (top < 0) {
-        return -1;
-    }
-    if (restlen == 0) {
-        *fd = dup(top);
-        return *fd < 0 ? -1 : 0;
-    }
-    char buf[PATH_MAX];
-    if (restlen >= sizeof(buf)) {
-        return -1;
-    }
-    memcpy(buf, rest, restlen);
-    buf[restlen] = '\0';
-    int cur = top;
-    char *part = buf;
-    for (;;) {
-        char *slash = strchr(part, '/');
-        if (slash != NULL) {
-            *slash = '\0';
-        }
-        int next = openat(cur, part, DIR_FLAGS);
-        int err = errno;
-        if (cur != top) {
-            close(cur);
-        }
-        if (next < 0) {
-            return err;
-        }
-        cur = next;
-        if (slash == NULL) {
-            *fd = cur;
-            return 0;
-        }
-        part = slash + 1;
-    }
-}
-
-/* Resolve parent p[0:plen] as Roots.open_dir does. A plainly spelled
- * absolute parent under a root is walked at once: the O_NOFOLLOW walk
- * alone proves it is inside. Otherwise, or when that walk meets a symlink
- * or a non-directory, the parent is resolved with realpath(3) (".." and
- * symlinks), matched against the roots, and walked again from its root. A
- * missing parent means its files are gone. realpath(3) fails on a missing
- * component where Python's realpath goes on, so any such failure is left
- * to the Python resolver, as is a name without a slash. */
-static int
-open_parent(JobObject *job, const char *p, size_t plen, int *value)
-{
-    const char *rest;
-    size_t restlen;
-    int err;
-    if (p[0] == '/' && memmem(p, plen, "/.", 2) == NULL && memmem(p, plen, "//", 2) == NULL) {
-        Py_ssize_t r = root_of(job, p, plen, &rest, &restlen);
-        if (r >= 0) {
-            err = walk(job, r, rest, restlen, value);
-            if (err == 0) {
-                return P_OPEN;
-            }
-            if (err == ENOENT) {
-                return P_GONE;
-            }
-            if (err < 0) {
-                return P_FALLBACK;
-            }
-        }
-    }
-    char spelled[PATH_MAX], real[PATH_MAX];
-    if (plen >= sizeof(spelled)) {
-        return P_FALLBACK;
-    }
-    memcpy(spelled, p, plen);
-    spelled[plen] = '\0';
-    if (realpath(spelled, real) == NULL) {
-        return P_FALLBACK;
-    }
-    Py_ssize_t r = root_of(job, real, strlen(real), &rest, &restlen);
-    if (r < 0) {
-        *value = REFUSED_CODE;
-        return P_FAIL;
-    }
-    err = walk(job, r, rest, restlen, value);
-    if (err == 0) {
-        return P_OPEN;
-    }
-    if (err < 0) {
-        return P_FALLBACK;
-    }
-    if (err == ENOENT) {
-        return P_GONE;
-    }
-    *value = err;
-    return P_FAIL;
-}
-
 static void
 close_slots(slot_t *table, int *open_count)
 {
     for (int i = 0; i < SLOTS; i++) {
-        if (table[i].parent != NULL && table[i].status == P_OPEN) {
+        if (table[i].parent != NULL &&
+            (table[i].status == P_OPEN || table[i].status == P_RESOLVED)) {
             close(table[i].value);
         }
         table[i].parent = NULL;
@@ -571,6 +467,151 @@ fill_slot(slot_t *table, int *open_count, size_t i, const char *p, size_t plen, 
     table[i].value = value;
     *open_count += 1;
     return i;
+}
+
+/* Open rest[0:restlen] below root r, one O_NOFOLLOW component at a time
+ * from the root's descriptor (opened once per run): 0 with *fd set, an
+ * errno, or -1 when only the Python resolver can say (the root itself
+ * cannot be opened, the path is too long). With a table, rest is the tail
+ * of p, a plainly spelled path that the table's keys point into: the walk
+ * starts from the deepest ancestor of p this job has already walked to and
+ * keeps each ancestor it opens there, so that a job opens each directory
+ * below a root once, however many parents share it. Without a table
+ * (realpath(3) results, a path too deep to cache) it opens every component. */
+static int
+walk(JobObject *job, Py_ssize_t r, const char *p, const char *rest, size_t restlen,
+     slot_t *table, int *open_count, int *fd)
+{
+    if (job->root_fd[r] == -1) {
+        job->root_fd[r] = open(job->roots[r], DIR_FLAGS);
+        if (job->root_fd[r] < 0) {
+            job->root_fd[r] = -2;
+        }
+    }
+    int cur = job->root_fd[r];
+    if (cur < 0) {
+        return -1;
+    }
+    if (restlen == 0) {
+        *fd = dup(cur);
+        return *fd < 0 ? -1 : 0;
+    }
+    if (restlen >= PATH_MAX) {
+        return -1;
+    }
+    const char *part = rest, *end = rest + restlen;
+    if (table != NULL) {
+        size_t parts = 1;
+        for (const char *c = rest; c < end; c++) {
+            parts += *c == '/';
+        }
+        if (parts > MAX_OPEN / 2) {
+            table = NULL; /* the table must never fill up: SLOTS > MAX_OPEN * 3 / 2 */
+        }
+        else if (*open_count + (int)parts > MAX_OPEN) {
+            close_slots(table, open_count);
+        }
+    }
+    for (const char *c = end; table != NULL && c-- > rest;) {
+        if (*c == '/') {
+            size_t i = slot_of(table, p, (size_t)(c - p));
+            if (table[i].parent != NULL && table[i].status == P_OPEN) {
+                cur = table[i].value;
+                part = c + 1;
+                break;
+            }
+        }
+    }
+    char name[PATH_MAX];
+    int owned = 0; /* cur is an ancestor the table does not keep: this walk closes it */
+    for (;;) {
+        const char *slash = memchr(part, '/', (size_t)(end - part));
+        size_t n = (size_t)((slash != NULL ? slash : end) - part);
+        memcpy(name, part, n);
+        name[n] = '\0';
+        int next = openat(cur, name, DIR_FLAGS);
+        int err = errno;
+        if (owned) {
+            close(cur);
+        }
+        if (next < 0) {
+            return err;
+        }
+        if (slash == NULL) {
+            *fd = next;
+            return 0;
+        }
+        owned = 1;
+        if (table != NULL) {
+            size_t len = (size_t)(slash - p);
+            size_t i = slot_of(table, p, len);
+            if (table[i].parent == NULL) {
+                table[i] = (slot_t){p, len, P_OPEN, next};
+                *open_count += 1;
+                owned = 0;
+            }
+        }
+        cur = next;
+        part = slash + 1;
+    }
+}
+
+/* Resolve parent p[0:plen] as Roots.open_dir does. A plainly spelled
+ * absolute parent under a root is walked at once: the O_NOFOLLOW walk
+ * alone proves it is inside. Otherwise, or when that walk meets a symlink
+ * or a non-directory, the parent is resolved with realpath(3) (".." and
+ * symlinks), matched against the roots, and walked again from its root. A
+ * missing parent means its files are gone. realpath(3) fails on a missing
+ * component where Python's realpath goes on, so any such failure is left
+ * to the Python resolver, as is a name without a slash. */
+static int
+open_parent(JobObject *job, const char *p, size_t plen, slot_t *table, int *open_count,
+            int *value)
+{
+    const char *rest;
+    size_t restlen;
+    int err;
+    if (p[0] == '/' && memmem(p, plen, "/.", 2) == NULL && memmem(p, plen, "//", 2) == NULL) {
+        Py_ssize_t r = root_of(job, p, plen, &rest, &restlen);
+        if (r >= 0) {
+            err = walk(job, r, p, rest, restlen, table, open_count, value);
+            if (err == 0) {
+                return P_OPEN;
+            }
+            if (err == ENOENT) {
+                return P_GONE;
+            }
+            if (err < 0) {
+                return P_FALLBACK;
+            }
+        }
+    }
+    char spelled[PATH_MAX], real[PATH_MAX];
+    if (plen >= sizeof(spelled)) {
+        return P_FALLBACK;
+    }
+    memcpy(spelled, p, plen);
+    spelled[plen] = '\0';
+    if (realpath(spelled, real) == NULL) {
+        return P_FALLBACK;
+    }
+    Py_ssize_t r = root_of(job, real, strlen(real), &rest, &restlen);
+    if (r < 0) {
+        *value = REFUSED_CODE;
+        return P_FAIL;
+    }
+    err = walk(job, r, real, rest, restlen, NULL, open_count, value);
+    if (err == 0) {
+        return P_RESOLVED;
+    }
+    if (err < 0) {
+        return P_FALLBACK;
+    }
+    if (err == ENOENT) {
+        return P_GONE;
+    }
+    *value = err;
+    return P_FAIL;
 }
 
 /* One entry of a job without roots, as unlink(2) of its path would do it.
@@ -631,14 +672,16 @@ confined(JobObject *job, Py_ssize_t k, slot_t *table, int *open_count)
     size_t i = slot_of(table, p, plen);
     if (table[i].parent == NULL) {
         int value = 0;
-        int status = open_parent(job, p, plen, &value);
+        int status = open_parent(job, p, plen, table, open_count, &value);
         if (status == P_FALLBACK) {
             return FALLBACK;
         }
-        i = fill_slot(table, open_count, i, p, plen, status, value);
+        /* The walk may have filled slots with ancestors, or emptied the table. */
+        i = fill_slot(table, open_count, slot_of(table, p, plen), p, plen, status, value);
     }
     switch (table[i].status) {
     case P_OPEN:
+    case P_RESOLVED:
         job->code[k] = unlinkat(table[i].value, name, 0) != 0 && errno != ENOENT ? errno : 0;
         break;
     case P_FAIL:

@@ -82,8 +82,9 @@ class Roots:
         """Open directory ``parent`` (as ``split`` gave it) if it lies inside a root.
 
         Raises ``Refused`` for a directory outside every root; the caller
-        closes the returned descriptor. ``held`` keeps each root's own
-        descriptor open between calls (one job's); its owner closes them.
+        closes the returned descriptor. ``held`` keeps the directories the
+        walks went through open between calls (one job's), the roots' own
+        included; its owner closes them.
         """
         lexical = self._lexical(parent)
         if lexical is not None:
@@ -117,28 +118,45 @@ class Roots:
 def _walk(root: str, parts: list[str], held: dict[str, int] | None = None) -> int:
     """Open ``root``, then each of ``parts`` below it, never following a symlink.
 
-    With ``held``, the root's own descriptor is opened once and kept there,
-    and the first part is opened relative to it: one ``open`` per directory.
+    With ``held`` (one job's), the walk starts from the deepest directory on
+    the way that an earlier walk of the job opened, and keeps each one it
+    opens there, the root's own included: a job opens each directory below
+    a root once, however many parents share it. The last part's descriptor
+    is the caller's to close.
     """
     parts = [part for part in parts if part not in ("", ".")]
     if held is None:
         fd = os.open(root, _DIR_FLAGS)
-    else:
-        top = held.get(root)
-        if top is None:
-            top = held[root] = os.open(root, _DIR_FLAGS)
-        if not parts:
-            return os.dup(top)  # the caller closes it; the root's own stays held
-        fd = os.open(parts.pop(0), _DIR_FLAGS, dir_fd=top)
-    try:
-        for part in parts:
-            nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+        try:
+            for part in parts:
+                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+        except BaseException:
             os.close(fd)
-            fd = nfd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+            raise
+        return fd
+    if len(held) > _MAX_OPEN:  # no walk is under way: none of them is in use
+        for fd in held.values():
+            os.close(fd)
+        held.clear()
+    # Keys are the directories' paths as walked: root, root/a, root/a/b, ...
+    keys = [root]
+    for part in parts:
+        keys.append(os.path.join(keys[-1], part))
+    i = len(keys) - 1  # the deepest directory on the way that is held
+    while i >= 0 and keys[i] not in held:
+        i -= 1
+    if i < 0:
+        fd = held[root] = os.open(root, _DIR_FLAGS)
+        i = 0
+    else:
+        fd = held[keys[i]]
+    if i == len(keys) - 1:
+        return os.dup(fd)  # the root itself, or a directory held already
+    for j in range(i + 1, len(keys) - 1):
+        fd = held[keys[j]] = os.open(parts[j - 1], _DIR_FLAGS, dir_fd=fd)
+    return os.open(parts[-1], _DIR_FLAGS, dir_fd=fd)
 
 
 def split(path: str | bytes) -> tuple[str, str]:
@@ -280,7 +298,7 @@ class UnlinkJob:
         names: list[Any] = [""] * n
         fds = [SKIP] * n
         opened: dict[str, int | OSError] = {}
-        held: dict[str, int] = {}  # the roots' own descriptors, for this job
+        held: dict[str, int] = {}  # the roots and ancestors walked through, for this job
         try:
             for start in range(0, n, _CHUNK):
                 stop = min(start + _CHUNK, n)

@@ -100,6 +100,87 @@ def test_a_confined_job_holds_at_most_128_parents_open(scratch: Path) -> None:
     assert len(os.listdir("/proc/self/fd")) == before  # every descriptor closed
 
 
+def _traced(tmp_path: Path, syscalls: str, code: str, *args: str) -> list[str]:
+    """The lines strace wrote for ``syscalls`` while ``code`` ran with ``args``."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    trace = tmp_path / "job.strace"
+    command = [strace, "-f", "-qq", "-e", f"trace={syscalls}", "-o", str(trace)]
+    proc = subprocess.run(
+        [*command, sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60
+    )
+    if proc.returncode != 0 and "ptrace" in proc.stderr:
+        pytest.skip(f"strace cannot trace here: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stderr
+    return trace.read_text().splitlines()
+
+
+def test_a_confined_job_opens_each_directory_below_the_root_once(
+    scratch: Path, tmp_path: Path
+) -> None:
+    """The system calls of a confined job, traced: parents that share
+    ancestors are walked to from the deepest one the job has opened, so each
+    directory below the root is opened once (O_NOFOLLOW), not once per parent."""
+    root = scratch / "root"
+    deep = [root / "a" / "b" / f"c{k}" for k in range(5)]
+    files = [str(d / f"f{i}") for i in range(2) for d in deep]  # dealt round-robin
+    files += [str(root / "a" / "b" / "g"), str(root / "a" / "x" / "y" / "h")]
+    for f in files:
+        Path(f).parent.mkdir(parents=True, exist_ok=True)
+        Path(f).touch()
+    calls = _traced(tmp_path, "openat", _TRACED_CONFINED_JOB, str(root), *files)
+    walked = [
+        re.search(r'openat\((?:AT_FDCWD|\d+), "([^"]*)"', c)
+        for c in calls
+        if "O_NOFOLLOW" in c and "O_PATH" in c
+    ]
+    names = sorted(m.group(1) for m in walked if m is not None)
+    # Without the ancestors kept, a, b and x would be opened once per parent below them.
+    assert names == sorted([str(root), "a", "b", "x", "y", *(f"c{k}" for k in range(5))])
+    assert [p for p in root.rglob("*") if p.is_file()] == []
+
+
+_TRACED_CONFINED_JOB = """
+import sys
+from fastcleanup import _cbulk
+job = _cbulk.Job(sys.argv[2:], (sys.argv[1],))
+job.run()
+sys.exit(str(job.failures()) if job.failures() or job.fallback_at >= 0 else 0)
+"""
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "pure-python"])
+def test_a_confined_job_keeps_few_descriptors_whatever_the_tree(
+    scratch: Path, compiled: bool
+) -> None:
+    """Ancestors kept for later walks are bounded too: 300 parents with 300
+    distinct ancestors empty the cache several times, a parent 100 levels
+    deep (too deep to keep its ancestors) is walked whole; every file goes,
+    every descriptor is closed."""
+    root = scratch / "root"
+    spread = [root / f"a{k:03d}" / "b" for k in range(300)]
+    deep = root.joinpath(*[f"d{k}" for k in range(100)])
+    for d in [*spread, deep]:
+        d.mkdir(parents=True)
+    files: list[str | bytes] = [str(d / f"f{i}") for i in range(2) for d in spread]
+    files[150:150] = [str(deep / "f0"), str(deep / "f1")]
+    files.append(str(root / "a000" / "b" / "late"))  # after the cache was emptied
+    for f in files:
+        Path(os.fsdecode(f)).touch()
+    before = len(os.listdir("/proc/self/fd"))
+    if compiled:
+        job = _cbulk.Job(files, (str(root),))
+        job.run()
+        assert (job.done, job.fallback_at, job.failures()) == (len(files), -1, [])
+    else:
+        pure = UnlinkJob(files, Roots([root]))
+        pure()
+        assert (pure.done, pure.errors) == (len(files), [])
+    assert [p for p in root.rglob("*") if p.is_file()] == []
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_a_job_without_roots_closes_every_parent_it_opened(scratch: Path) -> None:
     """300 parents, three files each, dealt in runs and then round-robin."""
     dirs = [scratch / f"d{k:03d}" for k in range(300)]
@@ -133,26 +214,12 @@ def test_a_job_without_roots_opens_a_parent_only_for_its_second_file(
     """The system calls of a job, traced: a file alone in its directory is
     unlinked by path with no open; a directory's second file opens it once
     (O_PATH), and its files from then on are unlinked by name from there."""
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.skip("strace is not installed")
     alone = [str(scratch / f"a{d}" / "f") for d in range(5)]
     together = [str(scratch / "many" / f"f{i}") for i in range(5)]
     for f in alone + together:
         Path(f).parent.mkdir(exist_ok=True)
         Path(f).touch()
-    trace = tmp_path / "job.strace"
-    command = [strace, "-f", "-qq", "-e", "trace=openat,unlinkat", "-o", str(trace)]
-    proc = subprocess.run(
-        [*command, sys.executable, "-c", _TRACED_JOB, *alone, *together],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if proc.returncode != 0 and "ptrace" in proc.stderr:
-        pytest.skip(f"strace cannot trace here: {proc.stderr.strip()}")
-    assert proc.returncode == 0, proc.stderr
-    calls = trace.read_text().splitlines()
+    calls = _traced(tmp_path, "openat,unlinkat", _TRACED_JOB, *alone, *together)
     opened = [c for c in calls if "O_PATH" in c and str(scratch) in c]
     assert len(opened) == 1 and f'"{scratch}/many"' in opened[0], opened
     by_path = [c for c in calls if f'unlinkat(AT_FDCWD, "{scratch}/' in c]
@@ -320,6 +387,31 @@ def test_a_confined_job_decides_each_path_as_the_python_resolver_does(
             outcomes.append(_outcome(base, root, [before, path, after], compiled))
         assert outcomes[0] == outcomes[1], why
         assert "root/ok/before" not in outcomes[0][0] and "root/ok/after" not in outcomes[0][0]
+
+
+def test_a_confined_job_with_every_spelling_at_once_decides_as_the_python_resolver_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All spellings in one job, among files deeper in the same directories, so
+    that walks start from ancestors that earlier entries opened: the C job (with
+    the Python resolver from where it hands over) and UnlinkJob agree."""
+    monkeypatch.chdir(tmp_path)
+    outcomes = []
+    for compiled in (True, False):
+        base = tmp_path / f"all-{compiled}"
+        root, cases = _sandbox(base)
+        deeper = [root / "real" / "sub" / "deeper", root / ".hidden" / "sub", root / "x" / "y"]
+        plain = make_files(deeper[0], 4) + make_files(deeper[1], 4) + make_files(deeper[2], 4)
+        decided = [path for why, path in cases if why not in HANDED_OVER]
+        handed = [path for why, path in cases if why in HANDED_OVER]
+        paths: list[str | bytes] = []
+        for k, path in enumerate(decided):
+            paths += [plain[k % len(plain)], path]
+        paths += plain[len(decided) :]
+        paths += handed
+        outcomes.append(_outcome(base, root, paths, compiled))
+        assert not any(os.path.exists(os.fsdecode(p)) for p in plain)
+    assert outcomes[0] == outcomes[1]
 
 
 def test_a_confined_job_hands_over_only_what_it_cannot_resolve(tmp_path: Path) -> None:

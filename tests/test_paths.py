@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -207,6 +208,35 @@ def test_a_confined_job_opens_each_parent_once(
     assert all(isinstance(err, Refused) for _, err in job.errors)
     assert all(os.path.exists(p) for p in outside)
     assert not any(os.listdir(root / f"d{i}") for i in range(3))
+
+
+def test_a_confined_job_opens_each_directory_below_the_root_once(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parents that share ancestors are walked to from the deepest one the job
+    has opened: each directory is opened once, however many parents lie below it."""
+    root = scratch / "root"
+    deep = [root / "a" / "b" / f"c{k}" for k in range(5)]
+    paths: list[str | bytes] = [str(d / f"f{i}") for i in range(2) for d in deep]
+    paths += [str(root / "a" / "b" / "g"), str(root / "a" / "x" / "y" / "h")]
+    for p in map(os.fsdecode, paths):
+        Path(p).parent.mkdir(parents=True, exist_ok=True)
+        Path(p).touch()
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(path: str, flags: int, mode: int = 0o777, **kw: Any) -> int:
+        opened.append(os.fsdecode(path))
+        return real_open(path, flags, mode, **kw)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    job = UnlinkJob(paths, Roots([root]))
+    job()
+    monkeypatch.undo()
+    assert (job.done, job.errors) == (len(paths), [])
+    # One walk per parent would open a and b seven times, x twice.
+    assert sorted(opened) == sorted([str(root), "a", "b", "x", "y", *(f"c{k}" for k in range(5))])
+    assert [p for p in root.rglob("*") if p.is_file()] == []
 
 
 def make_files_in(directory: Path, n: int) -> list[str]:
