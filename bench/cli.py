@@ -95,6 +95,7 @@ class Scenario:
     title: str
     names: tuple[str, ...]
     dirs: int = 1  # directories the files are spread over
+    depth: int = 1  # levels those directories lie below the allowed root
     busy: bool = False  # the loop thread busy in Python during the burst
     slow: bool = False  # per-file designs (~10k files/s): sized by --slow-files
 
@@ -103,6 +104,13 @@ _FAST = (BASELINE, TWO_THREADS, *CEILINGS, OURS, CONFINED)
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("one-dir", "one directory", (*_FAST, MIXED, ONE_THREAD, "fastcleanup-asyncio")),
     Scenario("100-dirs", "100 directories (no per-directory lock between unlinks)", _FAST, 100),
+    Scenario(
+        "1000-deep",
+        "1,000 directories 4 levels below the root (about a file per directory in each job)",
+        (BASELINE, OURS, CONFINED),
+        dirs=1000,
+        depth=4,
+    ),
     Scenario(
         "busy-loop",
         f"one directory, the loop thread {BUSY_SHARE:.0%} busy in Python",
@@ -133,13 +141,14 @@ def measure_files(
     loop: str | None = None,
     parent: str | None = None,
     dirs: int = 1,
+    depth: int = 1,
     busy: bool = False,
 ) -> Measurement:
     """One burst of ``n`` fresh files (over ``dirs`` directories) removed by ``name``."""
     competitor = file_competitor(name, parent)
     if busy:
         competitor = busy_loop(competitor)
-    with make_files(n, parent, dirs) as files, BurstSession(competitor, loop) as session:
+    with make_files(n, parent, dirs, depth) as files, BurstSession(competitor, loop) as session:
         return run_files(session, files)
 
 
@@ -213,6 +222,7 @@ def compare_files(
     loop: str | None = None,
     parent: str | None = None,
     dirs: int = 1,
+    depth: int = 1,
     busy: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Measurement]:
@@ -220,7 +230,7 @@ def compare_files(
     results: dict[str, list[Measurement]] = {name: [] for name in names}
     for r in range(repeat):
         for name in _rotated(names, r):
-            m = measure_files(name, n, loop=loop, parent=parent, dirs=dirs, busy=busy)
+            m = measure_files(name, n, loop=loop, parent=parent, dirs=dirs, depth=depth, busy=busy)
             results[name].append(m)
             if progress is not None:
                 progress(m)
@@ -718,6 +728,7 @@ def main(argv: list[str] | None = None) -> int:
                 loop=loop,
                 parent=base,
                 dirs=sc.dirs,
+                depth=sc.depth,
                 busy=sc.busy,
                 progress=progress,
             )

@@ -22,7 +22,7 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 import fastcleanup as fc
-from bench.cli import SCENARIOS
+from bench.cli import SCENARIOS, Scenario
 from bench.competitors import (
     CALL_COMPETITORS,
     FILE_COMPETITORS,
@@ -101,7 +101,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                     ),
                 )
                 for sc in SCENARIOS
-                if sc.dirs > 1 or sc.busy
+                if sc.dirs > 1 or sc.busy or sc.depth > 1
                 for name in sc.names
             ],
         )
@@ -156,7 +156,7 @@ def run_file_bursts(benchmark: BenchmarkFixture) -> Callable[..., Measurement]:
     """Run ``rounds`` bursts of one file competitor on fresh files; the median.
 
     ``scenario`` is a key of the command's ``SCENARIOS`` (one directory, 100
-    directories, a busy loop). Each round's files are created (and synced) in
+    directories, 1,000 deeper ones, a busy loop). Each round's files are created (and synced) in
     the untimed setup; the teardown checks they are all gone.
     """
 
@@ -167,7 +167,7 @@ def run_file_bursts(benchmark: BenchmarkFixture) -> Callable[..., Measurement]:
         # allowed_roots competitor.
         base = tempfile.mkdtemp(prefix="fastcleanup-bench-", dir=DIR)
         try:
-            return _file_rounds(benchmark, name, size, sc.dirs, sc.busy, base)
+            return _file_rounds(benchmark, name, size, sc, base)
         finally:
             shutil.rmtree(base, ignore_errors=True)
 
@@ -175,7 +175,7 @@ def run_file_bursts(benchmark: BenchmarkFixture) -> Callable[..., Measurement]:
 
 
 def _file_rounds(
-    benchmark: BenchmarkFixture, name: str, size: int, dirs: int, busy: bool, base: str
+    benchmark: BenchmarkFixture, name: str, size: int, sc: Scenario, base: str
 ) -> Measurement:
     """The rounds of one file competitor; files go in directories under ``base``."""
     results: list[Measurement] = []
@@ -191,10 +191,10 @@ def _file_rounds(
             files.dispose()
 
     competitor = file_competitor(name, base)
-    with BurstSession(busy_loop(competitor) if busy else competitor, LOOP) as session:
+    with BurstSession(busy_loop(competitor) if sc.busy else competitor, LOOP) as session:
 
         def setup() -> tuple[tuple[FileSet], dict[str, object]]:
-            files = make_files(size, base, dirs)
+            files = make_files(size, base, sc.dirs, sc.depth)
             unchecked.append(files)
             session.prepare()
             return (files,), {}

@@ -93,11 +93,12 @@ class FileSet:
 
     dirs: tuple[str, ...]
     paths: list[str]
+    made: tuple[str, ...] = ()  # what dispose() removes; ``dirs`` when empty
 
     @property
     def root(self) -> str:
         """The directory holding the files, or for several, the one holding those."""
-        return self.dirs[0] if len(self.dirs) == 1 else os.path.dirname(self.dirs[0])
+        return self.dirs[0] if len(self.dirs) == 1 else os.path.commonpath(self.dirs)
 
     def leftovers(self) -> int:
         """How many entries are still in ``dirs``."""
@@ -110,8 +111,8 @@ class FileSet:
         return left
 
     def dispose(self) -> None:
-        """Remove ``dirs`` and whatever is left in them."""
-        for d in self.dirs:
+        """Remove ``dirs`` (and the directories made above them) with whatever is left."""
+        for d in self.made or self.dirs:
             shutil.rmtree(d, ignore_errors=True)
 
     def __enter__(self) -> Self:
@@ -123,14 +124,15 @@ class FileSet:
         self.dispose()
 
 
-def make_files(n: int, parent: str | None = None, dirs: int = 1) -> FileSet:
+def make_files(n: int, parent: str | None = None, dirs: int = 1, depth: int = 1) -> FileSet:
     """Create ``n`` empty files in ``dirs`` fresh directories under ``parent``, then sync.
 
     With several directories the files go round-robin, so any slice of the
-    paths spreads over all of them. The directories are siblings directly
-    under ``parent``: every file's parent's parent is ``parent``, so a
+    paths spreads over all of them. The directories are siblings ``depth``
+    levels below ``parent``: directly under it by default, so that a
     cleaner confined to ``allowed_roots=[parent]`` walks one component per
-    file whatever ``dirs`` is.
+    parent whatever ``dirs`` is; deeper, below one fresh directory and
+    ``depth - 2`` more levels, so that the walks share their ancestors.
 
     Creating files right after a mass delete can be slow on ext4, so callers
     create their files before the timed part; the sync keeps writeback of the
@@ -140,17 +142,27 @@ def make_files(n: int, parent: str | None = None, dirs: int = 1) -> FileSet:
         raise ValueError(f"n must be >= 0, got {n}")
     if dirs < 1:
         raise ValueError(f"dirs must be >= 1, got {dirs}")
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
     made: list[str] = []
+    leaves: list[str] = []
     flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
     opener, closer = os.open, os.close
     try:
         first = tempfile.mkdtemp(prefix="fastcleanup-bench-", dir=parent)
         made.append(first)
-        made.extend(
-            tempfile.mkdtemp(prefix=f"{os.path.basename(first)}-{k:03d}-", dir=parent)
-            for k in range(1, dirs)
-        )
-        paths = [os.path.join(made[i % dirs], f"{i:07d}") for i in range(n)]
+        if depth == 1:
+            made.extend(
+                tempfile.mkdtemp(prefix=f"{os.path.basename(first)}-{k:03d}-", dir=parent)
+                for k in range(1, dirs)
+            )
+            leaves = made
+        else:
+            above = os.path.join(first, *(f"l{level}" for level in range(2, depth)))
+            leaves = [os.path.join(above, f"d{k:04d}") for k in range(dirs)]
+            for d in leaves:
+                os.makedirs(d)
+        paths = [os.path.join(leaves[i % dirs], f"{i:07d}") for i in range(n)]
         for p in paths:
             closer(opener(p, flags, 0o600))
     except BaseException:
@@ -158,7 +170,7 @@ def make_files(n: int, parent: str | None = None, dirs: int = 1) -> FileSet:
             shutil.rmtree(d, ignore_errors=True)
         raise
     os.sync()
-    return FileSet(tuple(made), paths)
+    return FileSet(tuple(leaves), paths, tuple(made))
 
 
 def tmpfs_among(candidates: Sequence[str], mounts: str) -> str | None:

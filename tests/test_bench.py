@@ -86,6 +86,21 @@ def test_bursts_over_100_directories_beside_a_busy_loop_remove_every_file(
     assert (m.competitor, m.items) == (name, 500)
 
 
+def test_deep_directories_share_their_ancestors_and_go_with_the_set(tmp_path: Path) -> None:
+    files = make_files(2000, str(tmp_path), dirs=1000, depth=4)
+    assert len(files.dirs) == 1000
+    assert all(len(os.listdir(d)) == 2 for d in files.dirs)  # spread evenly
+    # Each directory four levels below tmp_path, all below the same three.
+    assert {len(Path(d).relative_to(tmp_path).parts) for d in files.dirs} == {4}
+    assert len({os.path.dirname(d) for d in files.dirs}) == 1
+    assert files.root == os.path.dirname(files.dirs[0])
+    with BurstSession(confined_to(str(tmp_path))) as session:
+        m = run_files(session, files)
+    assert m.items == 2000 and files.leftovers() == 0
+    files.dispose()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_confined_cleaner_refuses_files_outside_its_root(tmp_path: Path) -> None:
     # The bench's allowed_roots competitor really is confined: files outside
     # its root stay, are counted as failed, and the harness says so.
@@ -101,7 +116,9 @@ def test_a_confined_cleaner_refuses_files_outside_its_root(tmp_path: Path) -> No
 
 def test_compare_files_runs_every_scenario_of_the_command(tmp_path: Path) -> None:
     for sc in SCENARIOS:
-        found = compare_files(sc.names, 200, 2, parent=str(tmp_path), dirs=sc.dirs, busy=sc.busy)
+        found = compare_files(
+            sc.names, 200, 2, parent=str(tmp_path), dirs=sc.dirs, depth=sc.depth, busy=sc.busy
+        )
         assert list(found) == list(sc.names)
         assert all(m.items == 200 and math.isfinite(m.rate) for m in found.values())
     assert list(tmp_path.iterdir()) == []
@@ -366,7 +383,8 @@ def test_main_on_a_slow_disk_shrinks_the_bursts_and_says_so(
     assert main(argv) == 0
     captured = capsys.readouterr()
     # --quick: 2,000 and 500 files, once per scenario with the one competitor.
-    files, slow = fit_sizes(2000, 500, (3, 1), 400.0, bench_cli.QUICK_CREATE_BUDGET)
+    fast = sum(not sc.slow for sc in bench_cli.SCENARIOS)
+    files, slow = fit_sizes(2000, 500, (fast, 1), 400.0, bench_cli.QUICK_CREATE_BUDGET)
     assert files < 2000 and slow < 500
     assert f"creates about 400 files/s; bursts of {files:,} files ({slow:,}" in captured.err
     assert "one-dir: one directory; RemoveFile bursts" in captured.out
@@ -415,9 +433,9 @@ def test_main_without_dir_creates_its_files_in_the_default_dir(
     monkeypatch.setattr(bench_cli, "default_dir", lambda: str(tmp_path))
     made: list[str] = []
 
-    def spy(n: int, parent: str | None = None, dirs: int = 1) -> FileSet:
+    def spy(n: int, parent: str | None = None, dirs: int = 1, depth: int = 1) -> FileSet:
         made.append(str(parent))
-        return make_files(n, parent, dirs)
+        return make_files(n, parent, dirs, depth)
 
     monkeypatch.setattr(bench_cli, "make_files", spy)
     argv = ["--quick", "--only", "unlink-1-thread", "--scenario", "one-dir", *_SMALL[:4]]
