@@ -124,18 +124,14 @@ def _walk(root: str, parts: list[str], held: dict[str, int] | None = None) -> in
     a root once, however many parents share it. The last part's descriptor
     is the caller's to close.
     """
-    parts = [part for part in parts if part not in ("", ".")]
-    if held is None:
-        fd = os.open(root, _DIR_FLAGS)
+    if held is None:  # a walk of its own: what it passes through is closed after it
+        own: dict[str, int] = {}
         try:
-            for part in parts:
-                nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            return _walk(root, parts, own)
+        finally:
+            for fd in own.values():
                 os.close(fd)
-                fd = nfd
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+    parts = [part for part in parts if part not in ("", ".")]
     if len(held) > _MAX_OPEN:  # no walk is under way: none of them is in use
         for fd in held.values():
             os.close(fd)
