@@ -119,6 +119,20 @@ async def test_batch_failures_are_isolated(make_cleaner: MakeCleaner) -> None:
     await cleaner.shutdown()
 
 
+def use_file_path(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send file jobs to the lane (``"lane"``) or to the pure-Python twin (``"pure"``)."""
+    if path == "lane" and not _unlink.COMPILED:
+        pytest.skip("the compiled module is not built")
+    if path == "pure":  # a replaced os.unlink sends file jobs to the pure-Python twin
+        real_unlink = os.unlink
+
+        def unlink(p: str, *, dir_fd: int | None = None) -> None:
+            real_unlink(p, dir_fd=dir_fd)
+
+        monkeypatch.setattr(os, "unlink", unlink)
+    assert _unlink.use_compiled() is (path == "lane")
+
+
 def failure_logs(caplog: pytest.LogCaptureFixture) -> list[str]:
     """The messages logged on ``fastcleanup`` (or below it), exceptions included."""
     return [
@@ -170,16 +184,7 @@ async def test_a_file_that_cannot_be_removed_is_logged(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A failed unlink, whichever job ran it, is logged with its path and the OS error."""
-    if path == "lane" and not _unlink.COMPILED:
-        pytest.skip("the compiled module is not built")
-    if path == "pure":  # a replaced os.unlink sends file jobs to the pure-Python twin
-        real_unlink = os.unlink
-
-        def unlink(p: str, *, dir_fd: int | None = None) -> None:
-            real_unlink(p, dir_fd=dir_fd)
-
-        monkeypatch.setattr(os, "unlink", unlink)
-    assert _unlink.use_compiled() is (path == "lane")
+    use_file_path(path, monkeypatch)
     (kept,) = make_files(scratch, 1)
     directory = scratch / "a-directory"  # unlink(2) of a directory fails: EISDIR
     directory.mkdir()
@@ -823,16 +828,7 @@ async def test_a_file_already_gone_counts_as_completed(
 ) -> None:
     """``RemoveFile`` of a path that no longer exists is a success, whichever
     job removes it, alone or among files that do exist."""
-    if path == "lane" and not _unlink.COMPILED:
-        pytest.skip("the compiled module is not built")
-    if path == "pure":  # a replaced os.unlink sends file jobs to the pure-Python twin
-        real_unlink = os.unlink
-
-        def unlink(p: str, *, dir_fd: int | None = None) -> None:
-            real_unlink(p, dir_fd=dir_fd)
-
-        monkeypatch.setattr(os, "unlink", unlink)
-    assert _unlink.use_compiled() is (path == "lane")
+    use_file_path(path, monkeypatch)
     present = make_files(scratch, 3)
     cleaner = make_cleaner()
     cleaner.init_worker()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,18 +17,23 @@ import fastcleanup as fc
 MakeCleaner = Callable[..., fc.Cleaner]
 
 
+class Page:
+    pass
+
+
+def guarded_page(scratch: Path, cleaner: fc.Cleaner) -> tuple[Page, weakref.finalize[Any, Any]]:
+    """A page whose collection removes the directory ``scratch/profile``."""
+    (scratch / "profile").mkdir()
+    page = Page()
+    return page, fc.on_collect(page, fc.RemoveTree(scratch / "profile"), cleaner=cleaner)
+
+
 async def test_on_collect_submits_when_the_object_dies(
     scratch: Path, make_cleaner: MakeCleaner
 ) -> None:
     cleaner = make_cleaner()
     cleaner.init_worker()
-    (scratch / "profile").mkdir()
-
-    class Page:
-        pass
-
-    page = Page()
-    fin = fc.on_collect(page, fc.RemoveTree(scratch / "profile"), cleaner=cleaner)
+    page, fin = guarded_page(scratch, cleaner)
     assert fin.alive
     assert await cleaner.drain(timeout=5)
     assert (scratch / "profile").exists()
@@ -44,13 +51,7 @@ async def test_on_collect_detach_cancels_the_cleanup(
     """``.detach()`` on what ``on_collect`` returned: the object dies, nothing is submitted."""
     cleaner = make_cleaner()
     cleaner.init_worker()
-    (scratch / "profile").mkdir()
-
-    class Page:
-        pass
-
-    page = Page()
-    fin = fc.on_collect(page, fc.RemoveTree(scratch / "profile"), cleaner=cleaner)
+    page, fin = guarded_page(scratch, cleaner)
     assert fin.detach() is not None
     assert not fin.alive
     del page
