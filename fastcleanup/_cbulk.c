@@ -38,7 +38,23 @@ typedef struct {
     int fd;            /* the one fd, when fds is NULL */
     int *fds;          /* per-entry fds for [start, stop), or NULL */
     PyObject *names;   /* a list snapshot of names[start:stop] */
+    int64_t *attempted; /* state[2] when the buffer has it, or NULL */
 } job_t;
+
+/* A new list with the items of a list or tuple, copied in C: no method of
+ * a subclass runs, so its length cannot change while it is read. */
+static PyObject *
+snapshot(PyObject *seq)
+{
+    if (PyList_Check(seq)) {
+        return PyList_GetSlice(seq, 0, PyList_GET_SIZE(seq));
+    }
+    PyObject *out = PyList_New(PyTuple_GET_SIZE(seq));
+    for (Py_ssize_t i = 0; out != NULL && i < PyTuple_GET_SIZE(seq); i++) {
+        PyList_SET_ITEM(out, i, Py_NewRef(PyTuple_GET_ITEM(seq, i)));
+    }
+    return out;
+}
 
 static int
 check_state(PyObject *state, Py_buffer *view)
@@ -193,6 +209,10 @@ run(job_t *job, Py_ssize_t start, Py_ssize_t count)
             if (__atomic_load_n(&state[1], __ATOMIC_RELAXED) != 0) {
                 break;
             }
+            if (job->attempted != NULL) {
+                __atomic_store_n(job->attempted, (int64_t)(start + done + finished + 1),
+                                 __ATOMIC_RELAXED);
+            }
             if (code[finished] == PENDING) {
                 if (unlinkat(fds[finished], paths[finished], 0) != 0 && errno != ENOENT) {
                     code[finished] = errno;
@@ -236,9 +256,11 @@ PyDoc_STRVAR(unlinkat_many_doc,
 "\n"
 "dir_fds is None (names relative to the working directory), one int, or a\n"
 "list of ints as long as names, where -1 skips the entry (counted, not\n"
-"touched). state is a writable buffer of two signed 64-bit ints, e.g.\n"
-"array.array('q', [0, 0]): state[0] is set to k + 1 once entry k is\n"
-"finished; a nonzero state[1] stops the job before its next entry.\n"
+"touched). state is a writable buffer of two or three signed 64-bit ints,\n"
+"e.g. array.array('q', [0, 0, 0]): state[0] is set to k + 1 once entry k\n"
+"is finished; a nonzero state[1] stops the job before its next entry; a\n"
+"third item is set to k + 1 before entry k is attempted (after the check\n"
+"of state[1]), so that state[2] > state[0] means entry state[0] is under way.\n"
 "Bad arguments raise TypeError or ValueError before any file is touched.");
 
 static PyObject *
@@ -255,20 +277,32 @@ unlinkat_many(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
         return PyErr_Format(PyExc_TypeError, "names must be a list or tuple, not %.100s",
                             Py_TYPE(names)->tp_name);
     }
-    Py_ssize_t size = PySequence_Fast_GET_SIZE(names);
-    int per_entry = PyList_Check(dir_fds) || PyTuple_Check(dir_fds);
-    int one_fd = AT_FDCWD;
-    if (per_entry) {
-        if (PySequence_Fast_GET_SIZE(dir_fds) != size) {
-            return PyErr_Format(PyExc_ValueError,
-                                "dir_fds has %zd items but names has %zd",
-                                PySequence_Fast_GET_SIZE(dir_fds), size);
+    /* Owned copies first, taken without running any Python code: what runs
+     * below (stop.__index__, a path's __fspath__) may change the caller's
+     * lists, and no length or item is read from them afterwards. */
+    PyObject *all_names = snapshot(names), *all_fds = NULL;
+    if (all_names == NULL) {
+        return NULL;
+    }
+    Py_buffer view = {0};
+    job_t job = {NULL, AT_FDCWD, NULL, NULL};
+    PyObject *result = NULL;
+    Py_ssize_t size = PyList_GET_SIZE(all_names);
+    if (PyList_Check(dir_fds) || PyTuple_Check(dir_fds)) {
+        all_fds = snapshot(dir_fds);
+        if (all_fds == NULL) {
+            goto done;
+        }
+        if (PyList_GET_SIZE(all_fds) != size) {
+            PyErr_Format(PyExc_ValueError, "dir_fds has %zd items but names has %zd",
+                         PyList_GET_SIZE(all_fds), size);
+            goto done;
         }
     }
     else if (dir_fds != Py_None) {
-        one_fd = fd_from(dir_fds, "dir_fds", -1);
-        if (one_fd == -2 && PyErr_Occurred()) {
-            return NULL;
+        job.fd = fd_from(dir_fds, "dir_fds", -1);
+        if (job.fd == -2 && PyErr_Occurred()) {
+            goto done;
         }
     }
     if (stop_obj == Py_None) {
@@ -277,53 +311,47 @@ unlinkat_many(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
     else {
         stop = PyNumber_AsSsize_t(stop_obj, PyExc_OverflowError);
         if (stop == -1 && PyErr_Occurred()) {
-            return NULL;
+            goto done;
         }
     }
     if (start < 0 || stop < start || stop > size) {
-        return PyErr_Format(PyExc_ValueError,
-                            "need 0 <= start <= stop <= len(names) (%zd), got %zd and %zd",
-                            size, start, stop);
+        PyErr_Format(PyExc_ValueError,
+                     "need 0 <= start <= stop <= len(names) (%zd), got %zd and %zd", size,
+                     start, stop);
+        goto done;
     }
-
-    Py_buffer view;
     if (check_state(state, &view) < 0) {
-        return NULL;
+        goto done;
     }
-    job_t job = {(int64_t *)view.buf, one_fd, NULL, NULL};
-    PyObject *result = NULL;
+    job.state = (int64_t *)view.buf;
+    job.attempted = view.len >= 3 * (Py_ssize_t)sizeof(int64_t) ? job.state + 2 : NULL;
     Py_ssize_t count = stop - start;
-    if (per_entry && count > 0) {
+    if (all_fds != NULL && count > 0) {
         job.fds = PyMem_Malloc((size_t)count * sizeof(int));
         if (job.fds == NULL) {
             PyErr_NoMemory();
             goto done;
         }
         for (Py_ssize_t i = 0; i < count; i++) {
-            int fd = fd_from(PySequence_Fast_GET_ITEM(dir_fds, start + i), "dir_fds",
-                             start + i);
+            int fd = fd_from(PyList_GET_ITEM(all_fds, start + i), "dir_fds", start + i);
             if (fd == -2 && PyErr_Occurred()) {
                 goto done;
             }
             job.fds[i] = fd;
         }
     }
-    /* A snapshot: the caller's list may change while the GIL is released. */
-    job.names = PySequence_GetSlice(names, start, stop);
-    if (job.names == NULL) {
-        goto done;
+    job.names = PyList_GetSlice(all_names, start, stop);
+    if (job.names != NULL) {
+        result = run(&job, start, count);
     }
-    if (!PyList_Check(job.names)) {
-        Py_SETREF(job.names, PySequence_List(job.names));
-        if (job.names == NULL) {
-            goto done;
-        }
-    }
-    result = run(&job, start, count);
 done:
     Py_XDECREF(job.names);
+    Py_XDECREF(all_names);
+    Py_XDECREF(all_fds);
     PyMem_Free(job.fds);
-    PyBuffer_Release(&view);
+    if (view.obj != NULL) {
+        PyBuffer_Release(&view);
+    }
     return result;
 }
 
@@ -364,6 +392,7 @@ typedef struct JobObject {
     int *root_fd;        /* per run: -1 not opened, -2 failed */
     PyObject *root_holder;
     int64_t done;        /* atomic: entries finished */
+    int64_t attempted;   /* atomic: entries begun; done + 1 while one is under way */
     int stop;            /* atomic: nonzero stops before the next entry */
     int started;         /* atomic: taken by run() or a pool thread */
     int finished;        /* atomic, and under mu */
@@ -709,6 +738,10 @@ run_entries(JobObject *job)
         if (__atomic_load_n(&job->stop, __ATOMIC_ACQUIRE) != 0) {
             break;
         }
+        /* Published after the stop check: a watchdog that sees attempted ==
+         * done knows no entry is under way, and that none starts once it
+         * sets stop, so it never times out an entry that was never begun. */
+        __atomic_store_n(&job->attempted, (int64_t)(k + 1), __ATOMIC_SEQ_CST);
         if (job->code[k] == PENDING) {
             if (job->nroots == 0) {
                 job->code[k] = plain(job, k, table, &open_count);
@@ -943,6 +976,12 @@ Job_get_done(JobObject *job, void *Py_UNUSED(closure))
 }
 
 static PyObject *
+Job_get_attempted(JobObject *job, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLongLong(__atomic_load_n(&job->attempted, __ATOMIC_SEQ_CST));
+}
+
+static PyObject *
 Job_get_stop(JobObject *job, void *Py_UNUSED(closure))
 {
     return PyBool_FromLong(__atomic_load_n(&job->stop, __ATOMIC_ACQUIRE));
@@ -987,6 +1026,8 @@ Job_get_fallback_at(JobObject *job, void *Py_UNUSED(closure))
 
 static PyGetSetDef Job_getset[] = {
     {"done", (getter)Job_get_done, NULL, "entries finished: index + 1 of the last one", NULL},
+    {"attempted", (getter)Job_get_attempted, NULL,
+     "entries begun: done + 1 while entry done is under way, else done", NULL},
     {"stop", (getter)Job_get_stop, (setter)Job_set_stop,
      "set to stop the job before its next entry", NULL},
     {"running", (getter)Job_get_running, NULL, "started and not yet finished", NULL},

@@ -16,8 +16,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <structmember.h>
 
+#include <stddef.h>
 #include <string.h>
 
 typedef struct {
@@ -154,9 +154,39 @@ RemoveFile_dealloc(PyObject *self)
     Py_DECREF(tp); /* an instance of a heap type holds a reference to it */
 }
 
-static PyMemberDef RemoveFile_members[] = {
-    {"path", T_OBJECT_EX, offsetof(RemoveFileObject, path), 0, "the path to remove"},
-    {NULL, 0, 0, 0, NULL},
+static PyObject *
+RemoveFile_get_path(PyObject *self, void *Py_UNUSED(closure))
+{
+    PyObject *path = ((RemoveFileObject *)self)->path;
+    if (path == NULL) {
+        return PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute 'path'",
+                            Py_TYPE(self)->tp_name);
+    }
+    return Py_NewRef(path);
+}
+
+/* Setting path checks it as the constructor does, so it only ever holds a
+ * str or bytes. That is what lets this type do without the collector: it
+ * can refer to nothing that refers back to it (no cycle to leak), and its
+ * deallocator frees one string, never a chain of tasks. */
+static int
+RemoveFile_set_path(PyObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    PyObject *path = NULL;
+    if (value != NULL) {
+        path = checked_path(value);
+        if (path == NULL) {
+            return -1;
+        }
+    }
+    Py_XSETREF(((RemoveFileObject *)self)->path, path);
+    return 0;
+}
+
+static PyGetSetDef RemoveFile_getset[] = {
+    {"path", RemoveFile_get_path, RemoveFile_set_path, "the path to remove (str or bytes)",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyType_Slot RemoveFile_slots[] = {
@@ -165,7 +195,7 @@ static PyType_Slot RemoveFile_slots[] = {
     {Py_tp_new, PyType_GenericNew},
     {Py_tp_init, RemoveFile_init},
     {Py_tp_dealloc, RemoveFile_dealloc},
-    {Py_tp_members, RemoveFile_members},
+    {Py_tp_getset, RemoveFile_getset},
     {0, NULL},
 };
 
@@ -302,9 +332,13 @@ Call_dealloc(PyObject *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
+    /* x = Call(f, x) nested 200,000 deep would free itself recursively and
+     * overflow the C stack: the trashcan defers the deep part. */
+    Py_TRASHCAN_BEGIN(op, Call_dealloc)
     Call_clear(op);
     tp->tp_free(op);
     Py_DECREF(tp);
+    Py_TRASHCAN_END
 }
 
 static PyObject *

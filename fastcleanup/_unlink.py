@@ -8,8 +8,9 @@ working directory), one fd, or one fd per name where ``SKIP`` (-1) marks an
 entry counted as finished but never touched. ``state`` is
 ``array.array("q", [0, 0])``: ``state[0]`` is the number of entries finished
 (index + 1 of the last one), and a nonzero ``state[1]`` stops the job before
-its next entry. Bad arguments raise TypeError or ValueError before any file
-is touched.
+its next entry; an optional ``state[2]`` is set to k + 1 before entry k
+begins. Bad arguments raise TypeError or ValueError before any file is
+touched.
 
 The compiled version releases the GIL once per 256 entries instead of once
 per file. A cleaner's burst does not come here when the C module is built:
@@ -26,7 +27,7 @@ import errno
 import operator
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 SKIP = -1
+_T = TypeVar("_T")
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 
 
@@ -75,6 +77,11 @@ def _state_view(state: WriteableBuffer) -> memoryview:
     return view
 
 
+def _snapshot(seq: Sequence[_T]) -> list[_T]:
+    """A list or tuple's items, copied by the built-in types' own code, never a subclass's."""
+    return list.copy(seq) if isinstance(seq, list) else list(tuple.__iter__(seq))  # type: ignore[arg-type]
+
+
 def pure_unlinkat_many(
     dir_fds: int | Sequence[int] | None,
     names: Sequence[str | bytes | os.PathLike[str] | os.PathLike[bytes]],
@@ -90,13 +97,16 @@ def pure_unlinkat_many(
     """
     if not isinstance(names, list | tuple):
         raise TypeError(f"names must be a list or tuple, not {type(names).__name__}")
+    # Copies before any code of the caller's runs (a subclass's methods,
+    # stop.__index__), as the C version takes: no length is read twice.
+    names = _snapshot(names)
     size = len(names)
     fds: Sequence[int] | None = None
     one_fd: int | None = None
     if isinstance(dir_fds, list | tuple):
-        if len(dir_fds) != size:
-            raise ValueError(f"dir_fds has {len(dir_fds)} items but names has {size}")
-        fds = dir_fds
+        fds = _snapshot(dir_fds)
+        if len(fds) != size:
+            raise ValueError(f"dir_fds has {len(fds)} items but names has {size}")
     elif dir_fds is not None:
         if not isinstance(dir_fds, int) or isinstance(dir_fds, bool):
             raise TypeError(
@@ -108,8 +118,7 @@ def pure_unlinkat_many(
     if start < 0 or stop < start or stop > size:
         raise ValueError(f"need 0 <= start <= stop <= len(names) ({size}), got {start} and {stop}")
     view = _state_view(state)
-    # Snapshots, as the C version takes: the caller's lists may change meanwhile.
-    todo = list(names[start:stop])
+    todo = names[start:stop]
     try:
         entry_fds = None if fds is None else [_fd(fds[k], k) for k in range(start, stop)]
     except BaseException:
@@ -119,9 +128,12 @@ def pure_unlinkat_many(
     failures: list[tuple[int, int]] = []
     unlink, fspath = os.unlink, os.fspath
     with view, view.cast("B") as octets, octets.cast("q") as flags:
+        begun = len(flags) > 2  # the optional third item: entries begun
         for i, name in enumerate(todo):
             if flags[1]:
                 break
+            if begun:
+                flags[2] = start + i + 1
             fd = one_fd if entry_fds is None else entry_fds[i]
             if entry_fds is None or fd != SKIP:
                 try:

@@ -469,3 +469,43 @@ def test_the_build_never_fails_for_want_of_a_compiler(compiler: str, tmp_path: P
     run_python(["setup.py", "-q", *build], env, cwd=root)
     built = list((tmp_path / "lib").rglob("_cbulk*.so"))
     assert (len(built) == 1) is (compiler == "present"), built
+
+
+class Shrinking:
+    """A ``stop`` whose ``__index__`` empties the caller's lists: no length read
+    before it may be trusted after it."""
+
+    def __init__(self, *lists: list[Any], value: int) -> None:
+        self.lists, self.value = lists, value
+
+    def __index__(self) -> int:
+        for items in self.lists:
+            del items[1:]
+        return self.value
+
+
+class ShortList(list[Any]):
+    """A list whose Python-level reads lie about its items."""
+
+    def __getitem__(self, index: Any) -> Any:
+        return []
+
+    def __len__(self) -> int:
+        return 0
+
+
+def test_lists_changed_during_the_call_do_not_change_the_job(
+    unlink: Unlink, scratch: Path, dir_fd: int
+) -> None:
+    """The job is the lists as they were when called: taken whole, read in C."""
+    files = make_files(scratch, 1000)
+    names: list[Any] = [f.name for f in files]
+    fds = [dir_fd] * len(names)
+    state = new_state()
+    assert unlink(fds, names, state, 0, Shrinking(names, fds, value=1000)) == []
+    assert len(names) == 1 and not any(f.exists() for f in files)
+    assert state[0] == 1000
+
+    files = make_files(scratch, 600, prefix="g")
+    assert unlink(dir_fd, ShortList(f.name for f in files), new_state()) == []
+    assert not any(f.exists() for f in files)
