@@ -52,6 +52,10 @@ class LaneJob:
         return self.c.done
 
     @property
+    def attempted(self) -> int:
+        return self.c.attempted
+
+    @property
     def stop(self) -> bool:
         return self.c.stop
 

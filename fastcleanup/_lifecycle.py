@@ -78,11 +78,30 @@ def _at_exit() -> None:
         cleaner._run_at_exit(start + cleaner._exit_timeout)
 
 
+# In a forked child: the parent's pending dispatcher and batch workers, held
+# for good. Freed, each would log "Task was destroyed but it is pending!"
+# and close its coroutine, whose finally blocks would then act on the
+# child's fresh state (unset its dispatcher loop, requeue into its queue).
+_orphans: list[Any] = []
+
+
 def _after_fork_in_child() -> None:
     # The child has none of the parent's threads or loops; running the
     # parent's queue here would remove the same files twice.
     for cleaner in list(_cleaners):
+        _orphan(cleaner)
         cleaner._reset()
+
+
+def _orphan(cleaner: Survivor) -> None:
+    """Keep the parent's tasks of ``cleaner`` alive and silent; nothing here counts them."""
+    batches = list(getattr(cleaner, "_batches", ()))
+    for batch in batches:
+        batch.abandoned = True  # a worker that still wakes here returns without counting
+    for task in [getattr(cleaner, "_dispatcher", None), *(b.worker for b in batches)]:
+        if task is not None and not task.done():
+            task._log_destroy_pending = False
+            _orphans.append(task)
 
 
 atexit.register(_at_exit)

@@ -197,6 +197,8 @@ class FileJob(Protocol):
     @stop.setter
     def stop(self, value: bool) -> None: ...
     @property
+    def attempted(self) -> int: ...  # paths begun: done + 1 while path done is under way
+    @property
     def running(self) -> bool: ...  # a thread has started it
     @property
     def errors(self) -> list[tuple[int, OSError]]: ...  # (index, error), among the done
@@ -238,7 +240,7 @@ class UnlinkJob:
         self.roots = roots
         self.loop = loop
         self.fut = fut
-        self.state = array("q", (0, 0))  # files done, stop requested
+        self.state = array("q", (0, 0, 0))  # files done, stop requested, files begun
         self.errors: list[tuple[int, OSError]] = []
         self.running = False
         self.hung_at = -1  # set by the loop's watchdog: the file it timed out
@@ -248,6 +250,10 @@ class UnlinkJob:
     @property
     def done(self) -> int:
         return self.state[0]
+
+    @property
+    def attempted(self) -> int:
+        return self.state[2]
 
     @property
     def stop(self) -> bool:
@@ -297,6 +303,11 @@ class UnlinkJob:
         held: dict[str, int] = {}  # the roots and ancestors walked through, for this job
         try:
             for start in range(0, n, _CHUNK):
+                if self.stop:
+                    return
+                # Resolving the chunk's parents (hung storage may block it)
+                # is the first path's work: it is under way from here.
+                self.state[2] = start + 1
                 stop = min(start + _CHUNK, n)
                 for k in range(start, stop):
                     try:
@@ -364,11 +375,19 @@ def _as_oserror(exc: Exception, path: object) -> OSError:
 
 
 def _shown(path: object) -> str:
-    """The path for an error message; a task's path may have been set to anything."""
+    """The path for an error message; never raises, whatever a task's path was set to.
+
+    An error that cannot be built loses its whole batch's count, so a path
+    whose ``__repr__`` raises (or recurses) is shown by its type alone.
+    """
     try:
         return os.fsdecode(path)  # type: ignore[arg-type]
     except Exception:
+        pass
+    try:
         return repr(path)
+    except Exception:  # RecursionError included: t.path = t
+        return f"<{type(path).__name__} object; its repr() raised>"
 
 
 def _close_all(opened: dict[str, int | OSError]) -> None:

@@ -90,6 +90,7 @@ class BatchWorker(Accounts):
         # The plain files by type, in C: a burst's mixed batch holds up to
         # FILE_BATCH of them beside at most batch_size other tasks.
         files, others = split(tasks, RemoveFile)
+        exact = len(files)
         if files:
             batch.files = files
             fresh = len(files) - sum(type(tasks[i]) is RemoveFile for i in retaken)
@@ -111,6 +112,11 @@ class BatchWorker(Accounts):
                 self._finish(batch, i, kind, "invalid", None)
             else:
                 children.append(tg.create_task(self._run_one(batch, i, task, kind)))
+        if len(batch.files) > exact:
+            # Subclasses joined the exact type's files: back to slot order, the
+            # one order in which the job takes their paths and every count
+            # after it (_account, _requeue, Batch.unfinished) reads them.
+            batch.files.sort()
 
     def _count_unstarted(self, batch: Batch) -> None:
         """Count as timeouts the children that the deadline cancelled before their first step.
@@ -225,15 +231,21 @@ class BatchWorker(Accounts):
         if fut.done():
             return
         now = time.monotonic()
+        # Read before done: attempted > done then means file ``done`` was
+        # begun and is not finished. A thread between two files (it may wait
+        # for a CPU there) has attempted == done and is no hang.
+        attempted = job.attempted
         if job.done != done or not job.running:  # progress, or still queued behind others
             done, since = job.done, now
-        elif done < len(job.paths) and now - since >= self._task_timeout and not job.wait(0):
-            # File ``done`` is the one in progress. The thread checks ``stop``
-            # before each file, so none after it starts once this is set.
+        elif attempted > done and now - since >= self._task_timeout and not job.wait(0):
+            # The thread checks ``stop`` before it begins each file, so once
+            # this is set none after the one in progress starts.
             job.hung_at = done
             job.stop = True
             fut.set_result(True)
             return
+        elif attempted <= done:
+            since = now  # nothing under way: the wait for a CPU is not a file's time
         loop = fut.get_loop()
         job.watchdog = loop.call_later(self._task_timeout / 4, self._watch, job, fut, done, since)
 
