@@ -737,7 +737,8 @@ def test_a_job_yields_its_cpu_every_32_files(tmp_path: Path) -> None:
     (tmp_path / "files").mkdir()
     proc = subprocess.run(
         [sys.executable, "-c", YIELD_CHILD, str(tmp_path / "files")],
-        env={**os.environ, "LD_PRELOAD": str(shim)},
+        # After what is preloaded already: a sanitizer's runtime must stay first.
+        env={**os.environ, "LD_PRELOAD": f"{os.environ.get('LD_PRELOAD', '')} {shim}".strip()},
         capture_output=True,
         text=True,
         timeout=60,
