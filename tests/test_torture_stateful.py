@@ -14,11 +14,14 @@ cleaner is quiet and the checks are exact. After every step:
 * conservation holds exactly and no counter (``stats()`` or scraped) went down;
 * ``submitted`` and ``dropped_before_init`` match the model to the task;
 * no file removal ran twice, no Call completed twice, no cleanup raised twice;
+* a task counted completed has had its effect at that moment (its file or
+  tree is gone when the count moves), and no task is counted twice;
 * every file unlinked was one that was submitted and accepted; every file
   that must survive (decoys, refused and failed targets, dropped tasks) does;
 * once nothing is queued or in flight: every outcome matches the model by
-  kind and reason, every accepted removal is done, and the exported
-  ``submitted_total`` equals what finished.
+  kind and reason, every accepted removal is done, every accepted task was
+  counted exactly once, and the exported ``submitted_total`` equals what
+  finished.
 """
 
 from __future__ import annotations
@@ -48,7 +51,9 @@ from prometheus_client import CollectorRegistry
 
 import fastcleanup as fc
 from fastcleanup import _worker
-from fastcleanup._batch import DONE, InProgress
+from fastcleanup._accounts import Accounts
+from fastcleanup._batch import DONE, Batch, InProgress
+from fastcleanup._paths import FileJob
 from tests.conftest import LOOP_KINDS, loop_factory
 from tests.torture_helpers import (
     LoopErrors,
@@ -72,11 +77,14 @@ TASK_TIMEOUT = 0.25
 # per loop turn.
 CLOCK_SLACK = 0.005
 _real_expire = _worker.expire
+_real_account, _real_finish = Accounts._account, Accounts._finish
+_real_run_one = _worker.BatchWorker._run_one
 COMPLETED = "completed"
 
 # What each kind of submission must end as: (task kind label, outcome).
 SPECS: dict[str, tuple[str, str]] = {
     "file": ("remove_file", COMPLETED),
+    "sub_file": ("remove_file", COMPLETED),  # a subclass: in the batch's file job too
     "missing": ("remove_file", COMPLETED),  # already gone: the goal is met
     "dir_as_file": ("remove_file", "error"),
     "outside": ("remove_file", "refused"),
@@ -93,6 +101,10 @@ SPECS: dict[str, tuple[str, str]] = {
 }
 
 stats_counters = ("submitted", "dropped_before_init", "completed", "failed", "dropped_at_exit")
+
+
+class SubFile(fc.RemoveFile):
+    """A RemoveFile subclass that keeps its run: removed by the batch's file job."""
 
 
 class Item:
@@ -141,6 +153,40 @@ class CleanerLife(RuleBasedStateMachine):
         self.early_deadlines: list[float] = []
         self._expire_cm = mock.patch.object(_worker, "expire", self._expire)
         self._expire_cm.__enter__()
+        # Every count of a finished task, by the task's id: one each, and a
+        # completed one had its effect by then (see _counted).
+        self.counted: Counter[int] = Counter()
+        self.effect_missing: list[str] = []
+        machine = self
+
+        def account(cleaner: Accounts, batch: Batch, job: FileJob, n: int) -> None:
+            failed = {k for k, _ in job.errors if k < n}
+            slots = batch.files[batch.files_done : batch.files_done + n]
+            for k, slot in enumerate(slots):
+                machine._counted(batch.tasks[slot], k not in failed)
+            _real_account(cleaner, batch, job, n)
+
+        def finish(cleaner: Accounts, batch: Batch, i: int, *args: Any) -> None:
+            if not batch.abandoned:
+                machine._counted(batch.tasks[i], completed=args[1] is None)
+            _real_finish(cleaner, batch, i, *args)
+
+        async def run_one(cleaner: Any, batch: Batch, i: int, task: Any, kind: str) -> None:
+            before = (batch.abandoned, batch.tasks[i] is DONE)
+            counted = machine.counted[id(_unwrapped(task))]
+            await _real_run_one(cleaner, batch, i, task, kind)
+            # Counted inline (the success path does not go through _finish):
+            inline = before == (False, False) and batch.tasks[i] is DONE
+            if inline and machine.counted[id(_unwrapped(task))] == counted:
+                machine._counted(task, completed=True)
+
+        self._count_cms: list[Any] = [
+            mock.patch.object(Accounts, "_account", account),
+            mock.patch.object(Accounts, "_finish", finish),
+            mock.patch.object(_worker.BatchWorker, "_run_one", run_one),
+        ]
+        for cm in self._count_cms:
+            cm.__enter__()
         self.runner: asyncio.Runner | None = None
         self.bound = False  # the dispatcher was started on the current runner's loop
         self.accepting = False  # between init_worker() and shutdown()
@@ -171,6 +217,11 @@ class CleanerLife(RuleBasedStateMachine):
         if spec == "file":
             p = self._file(root / n)
             item = Item(spec, fc.RemoveFile(p))
+            item.removes.append(p)
+            item.unlinks.append(n)
+        elif spec == "sub_file":
+            p = self._file(root / n)
+            item = Item(spec, SubFile(p))
             item.removes.append(p)
             item.unlinks.append(n)
         elif spec == "missing":
@@ -397,6 +448,16 @@ class CleanerLife(RuleBasedStateMachine):
             self.expired.add(id(task.task if type(task) is InProgress else task))
         _real_expire(batch, children)
 
+    def _counted(self, task: Any, completed: bool) -> None:
+        """One task's count moves: note it, and check a completed removal's effect now."""
+        task = _unwrapped(task)
+        self.counted[id(task)] += 1
+        path = (
+            getattr(task, "path", None) if isinstance(task, fc.RemoveFile | fc.RemoveTree) else None
+        )
+        if completed and isinstance(path, str) and os.path.lexists(path):
+            self.effect_missing.append(path)
+
     def _outcome(self, item: Item) -> str:
         return "timeout" if id(item.task) in self.expired else item.outcome
 
@@ -430,6 +491,12 @@ class CleanerLife(RuleBasedStateMachine):
         assert total(samples, "fastcleanup_dropped_before_init_total") == len(self.dropped)
         assert self.errors.messages() == []
         assert self.early_deadlines == [], "a batch deadline fired before task_timeout"
+
+    @invariant()
+    def counted_once_and_completed_means_done(self) -> None:
+        assert self.effect_missing == [], "counted completed while still on disk"
+        twice = [n for n in self.counted.values() if n > 1]
+        assert twice == [], "a task was counted more than once"
 
     @invariant()
     def nothing_ran_twice(self) -> None:
@@ -467,6 +534,8 @@ class CleanerLife(RuleBasedStateMachine):
                 continue  # ended by its deadline, part way or before it began
             for p in item.removes:
                 assert not os.path.lexists(p), f"{p} still there ({item.spec})"
+        uncounted = [i.spec for i in self.accepted if self.counted[id(i.task)] != 1]
+        assert uncounted == [], f"accepted but not counted once: {uncounted}"
         # Each accepted task is counted once under submitted_total, however
         # many loops it went through.
         assert total(samples, "fastcleanup_submitted_total") == s.completed + s.failed
@@ -480,6 +549,8 @@ class CleanerLife(RuleBasedStateMachine):
             forget(self.cleaner)
             self._spy_cm.__exit__(None, None, None)
             self._expire_cm.__exit__(None, None, None)
+            for cm in reversed(self._count_cms):
+                cm.__exit__(None, None, None)
             shutil.rmtree(self.base, ignore_errors=True)
             _totals["examples"] += 1
             _totals["steps"] += self.steps
@@ -490,6 +561,11 @@ class CleanerLife(RuleBasedStateMachine):
 
 
 _totals: Counter[str] = Counter()
+
+
+def _unwrapped(task: Any) -> Any:
+    """The submitted task behind a dead loop's ``InProgress`` wrapper."""
+    return task.task if type(task) is InProgress else task
 
 
 @pytest.mark.timeout(900)
