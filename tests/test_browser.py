@@ -1,0 +1,214 @@
+"""``fastcleanup.playwright`` with a real Chromium: nothing a browser wrote outlives it.
+
+These tests drive Debian's (or any) Chromium through Playwright. They skip,
+saying why, where Playwright or a Chromium is missing, except under
+``CI=true``, where a missing browser fails them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import fastcleanup as fc
+from tests.helpers import PROJECT_ROOT, assert_conserved
+
+
+def _missing() -> str | None:
+    if importlib.util.find_spec("playwright") is None:
+        return "Playwright is not installed (pip install 'fastcleanup[playwright]')"
+    from fastcleanup.playwright import chromium_path
+
+    if chromium_path() is None:
+        return "no Chromium on PATH (apt-get install chromium) nor $FASTCLEANUP_CHROMIUM"
+    return None
+
+
+_why = _missing()
+if _why is not None:
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(f"CI must run the browser tests: {_why}")
+    pytest.skip(_why, allow_module_level=True)
+
+from examples.browser_crawler import crawl, page_urls  # noqa: E402
+from fastcleanup.playwright import Browsers, browser_processes, launch_args  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[str]:
+    """The demo's test site in a child process; yields its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "examples.demo.site"],
+        cwd=PROJECT_ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    line = proc.stdout.readline()
+    try:
+        assert line.startswith("port "), line
+        yield f"http://127.0.0.1:{int(line.split()[1])}"
+    finally:
+        proc.stdin.close()  # the site exits when its stdin closes
+        proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A base with a short name: Chromium's socket path must fit in 107 bytes."""
+    shm = Path("/dev/shm")
+    path = Path(tempfile.mkdtemp(prefix="fc", dir=shm if os.access(shm, os.W_OK) else None))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def entries(path: Path) -> list[str]:
+    """Everything below ``path``, relative, but the ScratchDir's lock file."""
+    return sorted(
+        str(p.relative_to(path)) for p in path.rglob("*") if p.name != ".fastcleanup.lock"
+    )
+
+
+def running(cleaner: fc.Cleaner, base: Path) -> tuple[fc.Cleaner, fc.ScratchDir]:
+    """``cleaner`` started, and a ScratchDir of its own under ``base``."""
+    cleaner.init_worker()
+    return cleaner, fc.ScratchDir(base, cleaner=cleaner)
+
+
+async def settle(cleaner: fc.Cleaner) -> None:
+    # A retirement waits for the browser's exit and then submits the
+    # removal: the second drain() waits for that one.
+    assert await cleaner.drain(30)
+    assert await cleaner.drain(30)
+
+
+def test_launch_args_carry_what_this_machine_needs() -> None:
+    args = launch_args(["--lang=de"])
+    for flag in ("--disable-gpu", "--disable-background-networking", "--no-first-run"):
+        assert flag in args
+    assert ("--no-sandbox" in args) == (os.geteuid() == 0)
+    assert args[-1] == "--lang=de"
+
+
+async def test_a_crawl_of_100_pages_leaves_nothing(
+    site: str, scratch: Path, make_cleaner: Callable[..., fc.Cleaner]
+) -> None:
+    cleaner, scratch_dir = running(make_cleaner(name="crawl"), scratch)
+    seen: list[list[str]] = []
+    async with Browsers(scratch_dir, cleaner=cleaner) as browsers:
+        count = await crawl(browsers, page_urls(site, 100), per_profile=50)
+        # Mid-way the files were there: a test that could not see them proves nothing.
+        browser = await browsers.launch()
+        context = await browsers.new_context(browser)
+        await (await context.new_page()).goto(page_urls(site, 1)[0])
+        seen.append(entries(scratch_dir.path))
+        assert browser_processes(scratch_dir.path)
+    await settle(cleaner)
+
+    assert (count.pages, count.profiles, count.downloads) == (100, 2, 2)
+    assert any("playwright_chromiumdev_profile-" in e for e in seen[0])  # launch()'s profile
+    assert entries(scratch_dir.path) == []  # no profile, download or temp file
+    assert browser_processes(scratch_dir.path) == []
+    s = cleaner.stats()
+    assert s.failed == 0
+    assert_conserved(s)
+    scratch_dir.close()
+
+
+async def test_contexts_dropped_without_close_are_closed_without_a_gc(
+    site: str, scratch: Path, make_cleaner: Callable[..., fc.Cleaner]
+) -> None:
+    cleaner, scratch_dir = running(make_cleaner(name="dropped"), scratch)
+    gc.disable()  # Playwright's objects live in cycles: only the registry may close them
+    try:
+        async with Browsers(scratch_dir, cleaner=cleaner) as browsers:
+            page = await (await browsers.launch_persistent_context()).new_page()
+            await page.goto(page_urls(site, 1)[0])
+            await browsers.new_context(await browsers.launch())
+            del page
+            assert browsers.live == 3
+            assert browser_processes(scratch_dir.path)
+        assert browsers.live == 0
+        await settle(cleaner)
+    finally:
+        gc.enable()
+    assert entries(scratch_dir.path) == []
+    assert browser_processes(scratch_dir.path) == []
+    scratch_dir.close()
+
+
+async def test_a_launch_that_fails_leaves_no_directory(
+    scratch: Path, make_cleaner: Callable[..., fc.Cleaner]
+) -> None:
+    cleaner, scratch_dir = running(make_cleaner(name="failed"), scratch)
+    async with Browsers(scratch_dir, cleaner=cleaner, executable_path="/nonexistent") as browsers:
+        with pytest.raises(Exception, match="nonexistent"):
+            await browsers.launch_persistent_context()
+        assert any(e.startswith("p") for e in entries(scratch_dir.path))
+    await settle(cleaner)
+    assert entries(scratch_dir.path) == []
+    scratch_dir.close()
+
+
+def _start_crawler(base: Path, site: str) -> tuple[subprocess.Popen[str], Path]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "examples.browser_crawler", str(base), site, "--pages", "100000"],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert first.startswith("scratch "), first
+    for line in proc.stdout:  # mid-crawl: a profile and a download are on disk
+        if line.strip() == "page 20":
+            break
+    return proc, Path(first.split()[1])
+
+
+def _wait_gone(path: Path, timeout: float = 20.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := browser_processes(path)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+async def test_a_crawler_killed_mid_crawl_is_swept_by_the_next_start(
+    site: str, scratch: Path, make_cleaner: Callable[..., fc.Cleaner]
+) -> None:
+    proc, dead = await asyncio.to_thread(_start_crawler, scratch, site)
+    proc.send_signal(signal.SIGKILL)
+    await asyncio.to_thread(proc.wait)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    left_behind = entries(dead)
+    assert any(re.fullmatch(r"p\d+/u/Default", e) for e in left_behind)  # a profile
+    assert any(re.fullmatch(r"p\d+/dl/.+", e) for e in left_behind)  # its download
+    # Playwright's driver ends the browser once its crawler's pipe closes.
+    assert await asyncio.to_thread(_wait_gone, dead) == []
+
+    cleaner = make_cleaner(name="next")
+    fc.sweep(scratch, cleaner=cleaner)
+    cleaner.init_worker()
+    assert await cleaner.drain(30)
+    assert not dead.exists()
+    assert os.listdir(scratch) == []
+    assert browser_processes(scratch) == []
+    assert cleaner.stats().failed == 0
