@@ -135,7 +135,7 @@ class Accounts(Intake):
 
         Returns False if ``timeout`` seconds passed first.
         """
-        target = self._submitted()
+        target = self._items()
         if self._drained(target):
             return True
         loop = asyncio.get_running_loop()

@@ -113,6 +113,7 @@ class Cleaner(Handback):
         self._drain_waiters = []
         self._marks = deque()
         self._taken = 0
+        self._extra = self._extra_queued = 0
         self._seq = 0
         self.in_flight = 0
         self._executor = None  # a forked child has none of the parent's threads
@@ -236,11 +237,11 @@ class Cleaner(Handback):
         )
 
     def _gauges(self) -> tuple[int, int, bool]:
-        return len(self._queue), self.in_flight, self._worker_alive()
+        return self._queued(), self.in_flight, self._worker_alive()
 
     def stats(self) -> Stats:
         """A frozen snapshot of the counters; cheap, callable from any thread."""
-        return self._tally.snapshot(self._submitted(), len(self._queue), self.in_flight)
+        return self._tally.snapshot(self._submitted(), self._queued(), self.in_flight)
 
 
 def _check_int(name: str, value: object, lo: int, hi: int) -> None:

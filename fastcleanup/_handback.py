@@ -15,6 +15,7 @@ from ._accounts import logger
 from ._batch import EXIT_RUNNERS, Requeued, sync_at_exit
 from ._dispatcher import Dispatcher
 from ._intake import PUT, State
+from ._order import flatten_at_exit, is_ordered
 from ._paths import Refused, UnlinkJob, remove_tree_confined
 from ._tasks import INVALID, RemoveTree, kind_or_invalid
 
@@ -78,6 +79,9 @@ class Handback(Dispatcher):
             counted = type(task) is Requeued
             if counted:
                 task = task.task
+            if is_ordered(type(task)):  # its tasks go to the head of the queue, in order
+                flatten_at_exit(self, task)
+                continue
             kind = kind_or_invalid(task)
             if not counted:
                 tally.take(kind)

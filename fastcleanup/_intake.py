@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ._order import InOrder
 from ._tally import Tally, count_value
 from ._tasks import CleanupTask, kind_or_invalid
 from ._unlink import COMPILED
@@ -74,8 +75,16 @@ class Intake:
     """The queue and its hand-off: the submit side and the consumer's bookkeeping."""
 
     __slots__ = (
-        "_hot", "_loop", "_queue", "_seq", "_state", "_taken", "_tally", "_waiter", "in_flight",
+        "_extra", "_extra_queued", "_hot", "_loop", "_queue", "_seq", "_state", "_taken", "_tally",
+        "_waiter", "in_flight",
     )  # fmt: skip
+
+    # An InOrder is one item in the queue but counts as the n tasks it holds:
+    # ``_extra`` is the n - 1 each adds to ``submitted`` once first taken, and
+    # ``_extra_queued`` the part of it that an interrupted one, back in the
+    # queue, adds to ``queued`` (see ``_order``).
+    _extra: int
+    _extra_queued: int
 
     _hot: list[Any]
     _loop: asyncio.AbstractEventLoop | None
@@ -103,6 +112,10 @@ class Intake:
             waiter.set_result(None)
 
     def _refuse(self, task: object) -> None:
+        if type(task) is InOrder:  # counted as the tasks it holds
+            for t in task.tasks:
+                self._refuse(t)
+            return
         kind = kind_or_invalid(task)
         if self._state is State.EXITED:
             next(self._tally.exit_submitted)
@@ -112,24 +125,34 @@ class Intake:
             self._tally.drop_before_init(kind)
 
     def _submitted(self) -> int:
-        """Tasks accepted so far: those taken from the queue plus those still in it.
+        """Tasks accepted so far: the queue's items, and the extra tasks of InOrders."""
+        return self._items() + self._extra + count_value(self._tally.exit_submitted)
 
-        submit() counts nothing (a count per call would cost as much as the
-        rest of it); the queue's consumers keep ``_taken`` instead and bump
-        ``_seq`` around each move, so a reader in another thread retries
-        until it sees no move half done. Appends need no care: the value
-        read is exact for the moment the queue's length was read.
+    def _items(self) -> int:
+        """Items accepted so far: those taken from the queue plus those still in it.
+
+        It is also the sequence number of the last item accepted, which
+        drain() waits for. submit() counts nothing (a count per call would
+        cost as much as the rest of it); the queue's consumers keep
+        ``_taken`` instead and bump ``_seq`` around each move, so a reader in
+        another thread retries until it sees no move half done. Appends need
+        no care: the value read is exact for the moment the queue's length
+        was read.
         """
         for _ in range(100):
             seq = self._seq
             if not seq & 1:
                 value = self._taken + len(self._queue)
                 if self._seq == seq:
-                    return value + count_value(self._tally.exit_submitted)
+                    return value
             time.sleep(0)  # the consumer is mid-move in another thread: let it finish
         # Only a signal handler or finalizer interrupting the consumer on its
         # own thread gets here; its move cannot finish until we return.
-        return self._taken + len(self._queue) + count_value(self._tally.exit_submitted)
+        return self._taken + len(self._queue)
+
+    def _queued(self) -> int:
+        """Tasks waiting in the queue, an interrupted InOrder's counted as the tasks it has left."""
+        return len(self._queue) + self._extra_queued
 
     def _put_back(self, tasks: list[Any], taken: int, in_flight: int) -> None:
         """Return ``tasks`` to the head of the queue, with the counters as given."""

@@ -19,6 +19,7 @@ from ._accounts import Accounts, logger, safe_repr
 from ._batch import DONE, Batch, InProgress, classify, paths_of, plain_removal, split
 from ._executor import DaemonExecutor
 from ._lane import FileLane, LaneJob
+from ._order import is_ordered, run_ordered
 from ._paths import FileJob, Refused, UnlinkJob, remove_tree_confined
 from ._tasks import INVALID, KINDS, Call, RemoveFile, RemoveTree, current_executor, kind_or_invalid
 from ._unlink import use_compiled
@@ -97,6 +98,9 @@ class BatchWorker(Accounts):
         for i in others:
             task = tasks[i]
             cls = type(task)
+            if is_ordered(cls):  # counted as its tasks, each with its own timeout
+                tg.create_task(run_ordered(self, batch, i, task))
+                continue
             try:
                 kind = KINDS.get(cls) or kind_or_invalid(task)
                 is_file = plain_removal(cls) is RemoveFile
