@@ -173,16 +173,6 @@ def _settle(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-async def _remove_after_exit(path: str, timeout: float, cleaner: fc.Cleaner) -> None:
-    """Wait for the browser using ``path`` to exit, then hand its removal to ``cleaner``."""
-    try:
-        await _exited(path, timeout)
-    finally:
-        # Even past the timeout: RemoveTree fails (``busy``) rather than
-        # counting a tree a live browser refills as removed.
-        cleaner.submit(fc.RemoveTree(path))
-
-
 class Browsers:
     """Launches Chromium through Playwright with all its files in a ScratchDir.
 
@@ -351,9 +341,10 @@ class Browsers:
         if path in self._retired:
             return
         self._retired.add(path)
-        self._cleaner.submit(
-            fc.Call(_remove_after_exit, str(path), self._exit_timeout, self._cleaner)
-        )
+        # The removal runs even if the wait times out: RemoveTree then fails
+        # (``busy``) rather than counting a tree a live browser refills as removed.
+        waited = fc.Call(_exited, str(path), self._exit_timeout)
+        self._cleaner.submit(fc.InOrder(waited, fc.RemoveTree(path)))
 
     async def close(self) -> None:
         """Close every context and browser still open, then stop the driver (idempotent)."""

@@ -92,13 +92,6 @@ def running(cleaner: fc.Cleaner, base: Path) -> tuple[fc.Cleaner, fc.ScratchDir]
     return cleaner, fc.ScratchDir(base, cleaner=cleaner)
 
 
-async def settle(cleaner: fc.Cleaner) -> None:
-    # A retirement waits for the browser's exit and then submits the
-    # removal: the second drain() waits for that one.
-    assert await cleaner.drain(30)
-    assert await cleaner.drain(30)
-
-
 def test_launch_args_carry_what_this_machine_needs() -> None:
     args = launch_args(["--lang=de"])
     for flag in ("--disable-gpu", "--disable-background-networking", "--no-first-run"):
@@ -120,7 +113,7 @@ async def test_a_crawl_of_100_pages_leaves_nothing(
         await (await context.new_page()).goto(page_urls(site, 1)[0])
         seen.append(entries(scratch_dir.path))
         assert browser_processes(scratch_dir.path)
-    await settle(cleaner)
+    assert await cleaner.drain(30)  # one drain: the removals wait for their browsers
 
     assert (count.pages, count.profiles, count.downloads) == (100, 2, 2)
     assert any("playwright_chromiumdev_profile-" in e for e in seen[0])  # launch()'s profile
@@ -146,7 +139,7 @@ async def test_contexts_dropped_without_close_are_closed_without_a_gc(
             assert browsers.live == 3
             assert browser_processes(scratch_dir.path)
         assert browsers.live == 0
-        await settle(cleaner)
+        assert await cleaner.drain(30)  # one drain: the removals wait for their browsers
     finally:
         gc.enable()
     assert entries(scratch_dir.path) == []
@@ -162,7 +155,7 @@ async def test_a_launch_that_fails_leaves_no_directory(
         with pytest.raises(Exception, match="nonexistent"):
             await browsers.launch_persistent_context()
         assert any(e.startswith("p") for e in entries(scratch_dir.path))
-    await settle(cleaner)
+    assert await cleaner.drain(30)  # one drain: the removals wait for their browsers
     assert entries(scratch_dir.path) == []
     scratch_dir.close()
 
