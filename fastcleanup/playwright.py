@@ -244,6 +244,19 @@ class Browsers:
         """How many contexts and browsers made here are still open."""
         return len(self._contexts) + len(self._browsers)
 
+    def directory(self, target: BrowserContext | Browser) -> Path:
+        """The directory of an open persistent context or browser made here.
+
+        It holds the profile (``u``), downloads (``dl``), Playwright's
+        artifacts (``a``) and the browser's ``TMPDIR`` (``t``).
+        """
+        path = self._contexts.get(target) if isinstance(target, BrowserContext) else None
+        if path is None and isinstance(target, Browser):
+            path = self._browsers.get(target)
+        if path is None:
+            raise KeyError(f"{target!r} is no open persistent context or browser of {self!r}")
+        return path
+
     async def start(self) -> Browsers:
         """Start Playwright's driver, its ``TMPDIR`` in the scratch directory."""
         if self._playwright is not None:

@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 import fastcleanup as fc
 
 if TYPE_CHECKING:
+    from fastcleanup.playwright import Browsers
+
     from .crawl import Crawl
 
 __all__ = ["main"]
@@ -54,8 +56,18 @@ def _parser() -> argparse.ArgumentParser:
         description="Crawl a local test site and show fastcleanup at work: every temp file, "
         "partial download and browser profile is removed in the background by guards.",
     )
-    ap.add_argument("--pages", type=int, default=500, help="pages to crawl (default 500)")
-    ap.add_argument("--concurrency", type=int, default=8, help="sites crawled at once (default 8)")
+    ap.add_argument("--pages", type=int, help="pages to crawl (default 500; 100 with Chromium)")
+    ap.add_argument(
+        "--concurrency", type=int, help="sites crawled at once (default 8; 2 with Chromium)"
+    )
+    ap.add_argument(
+        "--browser",
+        choices=["auto", "chromium", "stand-in"],
+        default="auto",
+        help="load pages in Chromium through fastcleanup.playwright, or in the stand-in "
+        "(a profile directory and an HTTP session); default: Chromium when Playwright "
+        "and a Chromium are installed",
+    )
     ap.add_argument(
         "--fail-rate",
         type=float,
@@ -106,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> str | None:
+    if args.browser == "chromium" and args.browser_label is None:
+        return "--browser chromium needs Playwright and a Chromium: pip install playwright"
     if not 1 <= args.pages <= 100_000:
         return "--pages must be between 1 and 100000"
     if not 1 <= args.concurrency <= 256:
@@ -138,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse already printed
         return exc.code if isinstance(exc.code, int) else 2
+    from .browser_choice import choose
+
+    choose(args)
     problem = _check(args)
     if problem is not None:
         parser.print_usage(sys.stderr)
@@ -155,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
 
     made_scratch = args.scratch is None or not args.scratch.exists()
     if args.scratch is None:
-        scratch = Path(tempfile.mkdtemp(prefix="fastcleanup-demo-"))
+        # A short name: Chromium's socket lies below it and a socket path
+        # has at most 107 bytes.
+        scratch = Path(tempfile.mkdtemp(prefix="fcd"))
     else:
         scratch = args.scratch.resolve()
         scratch.mkdir(parents=True, exist_ok=True)
@@ -172,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             if made_scratch:
                 shutil.rmtree(scratch, ignore_errors=True)
             else:
-                for sub in ("pages", "tmp", "profiles"):
+                for sub in ("pages", "tmp", "profiles", "b"):
                     shutil.rmtree(scratch / sub, ignore_errors=True)
     print(render_table(summary), end="", flush=True)
     if args.keep:
@@ -241,13 +260,17 @@ class _Run:
     scrape: str
     url: str
     stall: dict[str, Any]  # the ticker's summary, and "idle": the same before the crawl
+    processes_left: int  # browser processes still running after shutdown()
 
 
 async def _demo(args: argparse.Namespace, scratch: Path) -> _Run:
     from prometheus_client import CollectorRegistry
 
+    from .browser_choice import STAND_IN
     from .crawl import Crawl, plan
     from .report import Progress, StallTicker
+
+    in_chromium = args.browser_label != STAND_IN
 
     loop_name = type(asyncio.get_running_loop()).__module__.partition(".")[0]
     registry = CollectorRegistry()
@@ -274,7 +297,8 @@ async def _demo(args: argparse.Namespace, scratch: Path) -> _Run:
             f"demo: {args.pages} pages of {len(sites)} sites at {base}, "
             f"{args.concurrency} sites at a time, on {loop_name}\n"
             f"  metrics  {server.url}  (while the demo runs)\n"
-            f"  scratch  {scratch}",
+            f"  scratch  {scratch}\n"
+            f"browser: {args.browser_label}",
             flush=True,
         )
         idle = StallTicker()  # the machine's own noise, for comparison
@@ -288,7 +312,8 @@ async def _demo(args: argparse.Namespace, scratch: Path) -> _Run:
             ticker.start()
             progress.start()
             try:
-                await crawl.run(sites)
+                async with _browsers(in_chromium, crawl.browsers_dir, cleaner) as browsers:
+                    await crawl.run(sites, browsers)
                 # A guard held in a reference cycle (a traceback keeping a
                 # frame alive, say) waits for the cycle collector: run it now
                 # rather than some time after the demo. The ticker sits this
@@ -311,6 +336,11 @@ async def _demo(args: argparse.Namespace, scratch: Path) -> _Run:
             await cleaner.shutdown()
             raise
         await cleaner.shutdown()
+    processes_left = 0
+    if in_chromium:
+        from fastcleanup.playwright import browser_processes
+
+        processes_left = len(browser_processes(scratch))
     return _Run(
         loop=loop_name,
         elapsed=elapsed,
@@ -322,7 +352,18 @@ async def _demo(args: argparse.Namespace, scratch: Path) -> _Run:
         scrape=scrape,
         url=server.url,
         stall={**ticker.summary(), "idle": idle.summary()},
+        processes_left=processes_left,
     )
+
+
+def _browsers(
+    in_chromium: bool, base: Path, cleaner: fc.Cleaner
+) -> contextlib.AbstractAsyncContextManager[Browsers | None]:
+    if not in_chromium:
+        return contextlib.nullcontext()
+    from .browser import chromium
+
+    return chromium(base, cleaner)
 
 
 def _collect(cleaner: fc.Cleaner) -> int:
@@ -366,7 +407,12 @@ def _summary(args: argparse.Namespace, scratch: Path, run: _Run) -> dict[str, An
     created = crawl.staged + crawl.temp_files + crawl.profile_files
     stray_files = [p for p in stray if not p.endswith(os.sep)]
     lat = seen["latency"]
-    ok = conserved and agree and not stray and not damaged
+    ok = conserved and agree and not stray and not damaged and run.processes_left == 0
+    if crawl.chromium_profiles:
+        profiles_removed = sum(not p.exists() for p in crawl.chromium_profiles)
+    else:  # the stand-in's: a profile left over is a stray directory under profiles/
+        left = sum(Path(p.rstrip(os.sep)).parent == crawl.profiles_dir for p in stray)
+        profiles_removed = crawl.profiles - left
     return {
         "exit_code": 0 if ok else 1,
         "elapsed_s": round(run.elapsed, 3),
@@ -408,6 +454,13 @@ def _summary(args: argparse.Namespace, scratch: Path, run: _Run) -> dict[str, An
             "count": int(lat["count"]),
         },
         "loop_stall": run.stall,
+        "browser": {
+            "name": args.browser_label,
+            "profiles_made": crawl.profiles,
+            "profiles_removed": profiles_removed,
+            "processes_left": run.processes_left,
+            "leftovers": len(stray) + len(damaged),
+        },
         "conservation": {"ok": conserved},
         "leak_check": {"ok": not stray and not damaged, "leftovers": stray, "damaged": damaged},
         "metrics": {"url": run.url, "agree": agree, "scrape": run.scrape},
