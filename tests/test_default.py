@@ -78,4 +78,4 @@ def test_configure_checks_as_the_cleaner_does(settings: dict[str, Any]) -> None:
 def test_configure_refuses_what_it_does_not_take() -> None:
     for name in ("registry", "name", "batchsize"):
         with pytest.raises(TypeError, match=f"unexpected keyword.*{name}.*it takes batch_size"):
-            fc.configure(**{name: 1})  # type: ignore[misc, arg-type]
+            fc.configure(**{name: 1})  # type: ignore[arg-type]
