@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from . import metrics
 from ._cleaner import Cleaner
-from ._default import drain, init_worker, shutdown, stats, submit, worker_inited
+from ._default import configure, drain, init_worker, shutdown, stats, submit, worker_inited
 from ._guards import StagingFile, TempFile, on_collect
 from ._order import InOrder
 from ._runner import run
@@ -32,6 +32,7 @@ __all__ = [
     "StagingFile",
     "Stats",
     "TempFile",
+    "configure",
     "drain",
     "init_worker",
     "metrics",

@@ -113,7 +113,10 @@ def files_in(tree: Path) -> int:
 
 def swept(registry: CollectorRegistry, cleaner: fc.Cleaner, what: str) -> float:
     labels = {"cleaner": cleaner.name, "type": what}
-    return registry.get_sample_value("fastcleanup_swept_total", labels) or 0.0
+    value = registry.get_sample_value("fastcleanup_swept_total", labels) or 0.0
+    if what == "directory":  # Stats.swept is the metric's directory count
+        assert cleaner.stats().swept == value
+    return value
 
 
 def decoys(base: Path, outside: Path) -> list[Path]:
