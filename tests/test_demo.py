@@ -261,10 +261,8 @@ def test_quantile_bound_is_the_upper_edge_of_the_bucket() -> None:
     assert quantile_bound([], 0.5) is None
 
 
-def test_demo_in_chromium_leaves_no_profile_and_no_browser(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The default run drives a real Chromium where Playwright and one are installed."""
+def chromium_label() -> str:
+    """What the demo's default run names its browser; skips where it is the stand-in."""
     from examples.demo.browser_choice import STAND_IN, choose
 
     probe = _parser().parse_args([])
@@ -273,13 +271,22 @@ def test_demo_in_chromium_leaves_no_profile_and_no_browser(
         if os.environ.get("CI") == "true":
             pytest.fail("CI must run the demo in Chromium: Playwright or Chromium is missing")
         pytest.skip("Playwright or a Chromium is not installed")
+    label: str = probe.browser_label
+    return label
+
+
+def test_demo_in_chromium_leaves_no_profile_and_no_browser(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default run drives a real Chromium where Playwright and one are installed."""
+    label = chromium_label()
     code, summary = run_demo(tmp_path, "--pages", "20", "--slow-rate", "0")
     printed = capsys.readouterr().out
 
     assert code == 0, printed
     assert re.search(r"^browser: chromium \d+ \(playwright \d+\.\d+\)$", printed, re.M)
     b = summary["browser"]
-    assert b["name"] == probe.browser_label
+    assert b["name"] == label
     assert b["profiles_made"] == b["profiles_removed"] == 2  # a profile per site of 10 pages
     assert b["processes_left"] == b["leftovers"] == 0
     assert summary["pages"]["ok"] > 0
@@ -289,3 +296,16 @@ def test_demo_in_chromium_leaves_no_profile_and_no_browser(
     assert c["failed"] == 0
     assert summary["conservation"]["ok"]
     assert_metrics_agree(summary)
+
+
+def test_demo_kill_shows_the_next_start_sweeping_a_killed_crawler() -> None:
+    chromium_label()
+    proc = run_module("examples.demo", "--kill")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    left = re.search(r"^  left +(\d+) directories, (\d+) files in ", out, re.M)
+    assert left is not None, out
+    assert int(left[2]) > 0  # the killed crawler did leave files: the sweep had work
+    assert re.search(r"^  swept +1 scratch directories of dead processes", out, re.M), out
+    assert re.search(r"^  after +0 directories, 0 files .*browser processes left: 0$", out, re.M)
+    assert out.rstrip().endswith("leftovers 0: ok")

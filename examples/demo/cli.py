@@ -111,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="event loop (default: uvloop when installed)",
     )
+    ap.add_argument(
+        "--kill",
+        action="store_true",
+        help="instead of the crawl: SIGKILL a Chromium crawler mid-crawl, then show the "
+        "next start sweeping what it and its browser left (needs Chromium)",
+    )
     # Keeps the guards of N scratch files detached, so they are never removed:
     # shows (and tests) that the leak check catches what nobody cleans up.
     ap.add_argument("--leak", type=int, default=0, help=argparse.SUPPRESS)
@@ -118,6 +124,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> str | None:
+    if args.kill and args.browser_label in (None, "stand-in"):
+        return "--kill needs Playwright and a Chromium: pip install playwright"
     if args.browser == "chromium" and args.browser_label is None:
         return "--browser chromium needs Playwright and a Chromium: pip install playwright"
     if not 1 <= args.pages <= 100_000:
@@ -179,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         scratch = args.scratch.resolve()
         scratch.mkdir(parents=True, exist_ok=True)
     try:
+        if args.kill:
+            return fc.run(_kill(scratch), use_uvloop=use_uvloop)
         summary = _summary(args, scratch, fc.run(_demo(args, scratch), use_uvloop=use_uvloop))
     except KeyboardInterrupt:
         print("demo: interrupted", file=sys.stderr)
@@ -236,6 +246,14 @@ async def _local_site() -> AsyncIterator[str]:
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+async def _kill(scratch: Path) -> int:
+    from .kill import kill_and_sweep
+
+    async with _local_site() as site:
+        print(f"demo --kill: a Chromium crawler of {site}, killed mid-crawl\n  scratch  {scratch}")
+        return await kill_and_sweep(scratch, site)
 
 
 def _scrape(url: str) -> str:
