@@ -15,6 +15,7 @@ from collections import deque
 
 from ._batch import DONE, Batch, InProgress, Requeued
 from ._intake import Intake
+from ._log import FAILURES
 from ._paths import FileJob, Refused, Roots
 
 __all__ = ["Accounts", "logger", "safe_repr"]
@@ -52,11 +53,10 @@ class Accounts(Intake):
         tally.latency.observe(time.monotonic() - batch.seen_at)
 
     def _fail(self, kind: str, task: object, reason: str, exc: BaseException | None) -> None:
-        """Count a failed cleanup and log it on the ``fastcleanup`` logger."""
+        """Count a failed cleanup and log it (bounded: see ``_log``)."""
         self._tally.fail(kind, reason)
-        logger.warning(
-            "fastcleanup: %s %s failed (%s): %s", kind, safe_repr(task), reason, safe_repr(exc)
-        )
+        # No "fastcleanup:" prefix: the logger's name says it.
+        FAILURES.warning("%s %s failed (%s): %s", kind, safe_repr(task), reason, shown_error(exc))
 
     def _account(self, batch: Batch, job: FileJob, n: int) -> None:
         """Count the first ``n`` files of ``job`` as finished (completed or failed)."""
@@ -64,7 +64,7 @@ class Accounts(Intake):
         errors = [err for k, err in job.errors if k < n]
         for err in errors:
             tally.fail("remove_file", "refused" if isinstance(err, Refused) else "error")
-            logger.warning("fastcleanup: remove_file %r failed: %s", err.filename, err)
+            FAILURES.warning("remove_file %r failed: %s", err.filename, err)
         tally.complete("remove_file", n - len(errors))
         tally.latency.observe(time.monotonic() - batch.seen_at, n)
         self.in_flight -= n
@@ -159,6 +159,16 @@ class Accounts(Intake):
 
     def _drained(self, target: int) -> bool:
         return self._taken >= target and all(b.first_seq > target for b in self._batches)
+
+
+def shown_error(exc: BaseException | None) -> str:
+    """An error for a log line: an OSError's str names its errno and path, a repr would not."""
+    if isinstance(exc, OSError):
+        try:
+            return f"{type(exc).__name__}: {exc}"
+        except Exception:
+            pass
+    return safe_repr(exc)
 
 
 def safe_repr(obj: object) -> str:

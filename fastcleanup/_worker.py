@@ -20,8 +20,9 @@ from ._batch import DONE, Batch, InProgress, classify, paths_of, plain_removal, 
 from ._executor import DaemonExecutor
 from ._lane import FileLane, LaneJob
 from ._order import is_ordered, run_ordered
-from ._paths import FileJob, Refused, UnlinkJob, remove_tree_confined
+from ._paths import FileJob, Refused, UnlinkJob
 from ._tasks import INVALID, KINDS, Call, RemoveFile, RemoveTree, current_executor, kind_or_invalid
+from ._tree import Busy, TreeLane
 from ._unlink import use_compiled
 
 __all__ = ["BatchWorker"]
@@ -34,6 +35,7 @@ class BatchWorker(Accounts):
 
     _executor: DaemonExecutor | None
     _lane: FileLane | None  # the compiled file lane, when the C module is built
+    _trees: TreeLane | None  # the tree walks, from init_worker() on
 
     async def _work(self, batch: Batch) -> None:
         if batch.abandoned:  # taken back before this worker got to start
@@ -139,9 +141,7 @@ class BatchWorker(Accounts):
             if cls is Call:  # skip one coroutine frame on the commonest custom cleanup
                 await task._call()
             elif plain_removal(cls) is RemoveTree:
-                await batch.loop.run_in_executor(
-                    self._executor, remove_tree_confined, task.path, self._roots
-                )
+                await self._trees.remove(task.path)  # type: ignore[union-attr]
             else:
                 if self._roots is not None and issubclass(cls, RemoveFile | RemoveTree):
                     # A path task with a run() of its own: still confined.
@@ -267,4 +267,7 @@ def expire(batch: Batch, children: list[asyncio.Task[None]]) -> None:
 
 
 def reason_of(exc: BaseException) -> str:
-    return "refused" if isinstance(exc, Refused) else "error"
+    """The ``reason`` label of a cleanup that raised ``exc``."""
+    if isinstance(exc, Refused):
+        return "refused"
+    return "busy" if isinstance(exc, Busy) else "error"

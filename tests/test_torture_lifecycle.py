@@ -525,8 +525,8 @@ def test_exit_with_pending_work(scratch: Path, kind: str) -> None:
         "in_flight": 0,
     }
     # Failures at exit are logged as in the loop (logging's last resort writes to stderr).
-    assert "fastcleanup: invalid 'not a task' failed (invalid)" in err, err
-    assert re.search(r"fastcleanup: remove_tree RemoveTree\('.*/not-a-dir'\) failed \(error\)", err)
+    assert "invalid 'not a task' failed (invalid)" in err, err
+    assert re.search(r"remove_tree RemoveTree\('.*/not-a-dir'\) failed \(error\)", err)
     # What could not run is named once, by kind.
     summary = "cleaner default dropped 31 queued task(s) at exit, unrun: call 30, remove_file 1"
     assert f"fastcleanup: {summary}" in err, err
