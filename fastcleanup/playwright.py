@@ -31,6 +31,7 @@ import itertools
 import logging
 import os
 import shutil
+import signal
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -141,13 +142,40 @@ def browser_processes(path: str | os.PathLike[str]) -> list[int]:
     return sorted(found)
 
 
+_KILL_GRACE = 5.0  # seconds for a SIGKILLed process to be gone
+
+
 async def _exited(path: str, timeout: float) -> None:
-    """Return once no process uses ``path``; raise TimeoutError after ``timeout`` s."""
+    """Return once no process uses ``path``; SIGKILL what is left after ``timeout`` s.
+
+    A directory is removed only once its browser is gone: one still writing
+    would refill it. So a browser (or a helper of it) that outlives its
+    close by ``timeout`` is killed, and the wait fails (a ``call`` failure in
+    the metrics) to say so; the removal runs after it all the same.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await _all_exited(path)
+        return
+    except TimeoutError:
+        pass
+    killed = []
+    for pid in browser_processes(path):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except OSError:  # gone meanwhile
+            pass
+    async with asyncio.timeout(_KILL_GRACE):
+        await _all_exited(path)
+    raise TimeoutError(f"{path}: processes {killed} outlived their close by {timeout} s: killed")
+
+
+async def _all_exited(path: str) -> None:
     loop = asyncio.get_running_loop()
-    async with asyncio.timeout(timeout):
-        # A scan reads two files per process: on the cleaner's executor, not the loop.
-        while pids := await loop.run_in_executor(current_executor.get(), browser_processes, path):
-            await asyncio.gather(*(_process_exit(loop, pid) for pid in pids))
+    # A scan reads two files per process: on the cleaner's executor, not the loop.
+    while pids := await loop.run_in_executor(current_executor.get(), browser_processes, path):
+        await asyncio.gather(*(_process_exit(loop, pid) for pid in pids))
 
 
 async def _process_exit(loop: asyncio.AbstractEventLoop, pid: int) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 import fastcleanup as fc
 from tests.helpers import PROJECT_ROOT, assert_conserved
@@ -205,3 +206,70 @@ async def test_a_crawler_killed_mid_crawl_is_swept_by_the_next_start(
     assert os.listdir(scratch) == []
     assert browser_processes(scratch) == []
     assert cleaner.stats().failed == 0
+
+
+def sample(cleaner: fc.Cleaner, registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """One counter of ``cleaner`` as ``/metrics`` shows it."""
+    value = registry.get_sample_value(name, {"cleaner": cleaner.name, **labels})
+    return value or 0.0
+
+
+async def test_a_profile_removed_while_its_browser_lives_is_never_completed_while_there(
+    site: str, scratch: Path, make_cleaner: Callable[..., fc.Cleaner], registry: CollectorRegistry
+) -> None:
+    cleaner, scratch_dir = running(make_cleaner(name="live", busy_timeout=0.5), scratch)
+    seen: list[bool] = []
+    async with Browsers(scratch_dir, cleaner=cleaner) as browsers:
+        context = await browsers.launch_persistent_context()
+        page = await context.new_page()
+        profile = browsers.directory(context) / "u"
+
+        async def look() -> None:  # runs right after the removal, in the same worker
+            seen.append(profile.exists())
+
+        async def browse() -> None:  # the browser writes its profile meanwhile
+            for url in page_urls(site, 40):
+                await page.goto(url)
+                await page.evaluate("localStorage.setItem(location.href, 'x'.repeat(4096))")
+
+        writer = asyncio.create_task(browse())
+        await asyncio.sleep(0.5)
+        cleaner.submit(fc.InOrder(fc.RemoveTree(profile), fc.Call(look)))
+        assert await cleaner.drain(30)
+        await writer
+    assert await cleaner.drain(30)
+
+    completed = sample(cleaner, registry, "fastcleanup_completed_total", task="remove_tree")
+    busy = sample(cleaner, registry, "fastcleanup_failed_total", task="remove_tree", reason="busy")
+    # The profile's own removal, the browser's directory and the driver's
+    # temp dir complete after the browser exited; ours is the one in question.
+    assert completed - 2 + busy == 1
+    assert seen == [busy == 1]  # completed: gone at that moment; busy: the browser refilled it
+    assert entries(scratch_dir.path) == []
+    scratch_dir.close()
+
+
+async def test_a_browser_that_outlives_its_close_is_killed_before_its_directory_goes(
+    scratch: Path, make_cleaner: Callable[..., fc.Cleaner], registry: CollectorRegistry
+) -> None:
+    cleaner, scratch_dir = running(make_cleaner(name="outlived"), scratch)
+    async with Browsers(scratch_dir, cleaner=cleaner, exit_timeout=1.0) as browsers:
+        context = await browsers.launch_persistent_context()
+        directory = browsers.directory(context)
+        # A helper of the browser that survives its close, still writing to its TMPDIR.
+        helper = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "import os, time\nwhile True: open(os.environ['TMPDIR'] + '/x', 'w'); time.sleep(0.05)",
+            env={**os.environ, "TMPDIR": str(directory / "t")},
+        )
+        await context.close()
+    assert await cleaner.drain(30)
+
+    assert await helper.wait() == -signal.SIGKILL
+    assert not directory.exists()
+    assert browser_processes(scratch_dir.path) == []
+    # The wait says it had to kill; the removal after it completed.
+    assert sample(cleaner, registry, "fastcleanup_failed_total", task="call", reason="error") == 1
+    assert cleaner.stats().failed == 1
+    scratch_dir.close()
