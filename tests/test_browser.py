@@ -273,3 +273,17 @@ async def test_a_browser_that_outlives_its_close_is_killed_before_its_directory_
     assert sample(cleaner, registry, "fastcleanup_failed_total", task="call", reason="error") == 1
     assert cleaner.stats().failed == 1
     scratch_dir.close()
+
+
+async def test_a_base_too_long_for_chromiums_socket_is_refused_before_launch(
+    tmp_path: Path, make_cleaner: Callable[..., fc.Cleaner]
+) -> None:
+    long_base = tmp_path / ("x" * 60)
+    cleaner, scratch_dir = running(make_cleaner(name="long"), long_base)
+    async with Browsers(scratch_dir, cleaner=cleaner) as browsers:
+        with pytest.raises(ValueError, match=r"too long for Chromium's socket \(\d+ > 107\)"):
+            await browsers.launch_persistent_context()
+    assert await cleaner.drain(30)
+    assert browser_processes(scratch_dir.path) == []  # none was started
+    assert entries(scratch_dir.path) == []
+    scratch_dir.close()
