@@ -287,3 +287,23 @@ async def test_a_base_too_long_for_chromiums_socket_is_refused_before_launch(
     assert browser_processes(scratch_dir.path) == []  # none was started
     assert entries(scratch_dir.path) == []
     scratch_dir.close()
+
+
+async def test_a_browser_killed_under_its_context_has_its_directory_removed(
+    site: str, scratch: Path, make_cleaner: Callable[..., fc.Cleaner]
+) -> None:
+    cleaner, scratch_dir = running(make_cleaner(name="crashed"), scratch)
+    async with Browsers(scratch_dir, cleaner=cleaner) as browsers:
+        context = await browsers.launch_persistent_context()
+        await (await context.new_page()).goto(page_urls(site, 1)[0])
+        directory = browsers.directory(context)
+        closed = asyncio.Event()
+        context.on("close", lambda _: closed.set())
+        for pid in browser_processes(directory):  # a crash, as the OOM killer makes one
+            os.kill(pid, signal.SIGKILL)
+        async with asyncio.timeout(20):
+            await closed.wait()
+        assert browsers.live == 0
+        assert await cleaner.drain(30)  # while Playwright still runs: the event did it
+        assert not directory.exists()
+    scratch_dir.close()
