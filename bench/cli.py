@@ -639,6 +639,12 @@ def _parser() -> argparse.ArgumentParser:
         help="where to create the files (default: a tmpfs such as /dev/shm, else the temp dir)",
     )
     p.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart (needs matplotlib)")
+    p.add_argument(
+        "--browser",
+        action="store_true",
+        help="run only the real-browser scenario: Chromium profiles removed through "
+        "fastcleanup against shutil.rmtree on the loop (needs Playwright and a Chromium)",
+    )
     return p
 
 
@@ -660,6 +666,10 @@ def main(argv: list[str] | None = None) -> int:
     n_calls = pick("calls", args.calls, 5_000, 20_000)
     n_submit = pick("submit-calls", args.submit_calls, 20_000, 50_000)
     n_queued = pick("queued", args.queued, 50_000, 200_000)
+    if args.browser:
+        from .browser import run_browser
+
+        return run_browser(repeat=repeat, quick=quick, loop=args.loop or default_loop())
     if args.plot and not _importable("matplotlib"):
         print(
             "bench: --plot needs matplotlib; install it with pip install matplotlib",

@@ -45,28 +45,15 @@ if _why is not None:
     pytest.skip(_why, allow_module_level=True)
 
 from examples.browser_crawler import crawl, page_urls  # noqa: E402
+from examples.demo.site import serving  # noqa: E402
 from fastcleanup.playwright import Browsers, browser_processes, launch_args  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[str]:
     """The demo's test site in a child process; yields its base URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "examples.demo.site"],
-        cwd=PROJECT_ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    line = proc.stdout.readline()
-    try:
-        assert line.startswith("port "), line
-        yield f"http://127.0.0.1:{int(line.split()[1])}"
-    finally:
-        proc.stdin.close()  # the site exits when its stdin closes
-        proc.wait(timeout=10)
-        proc.stdout.close()
+    with serving() as url:
+        yield url
 
 
 @pytest.fixture
@@ -307,3 +294,12 @@ async def test_a_browser_killed_under_its_context_has_its_directory_removed(
         assert await cleaner.drain(30)  # while Playwright still runs: the event did it
         assert not directory.exists()
     scratch_dir.close()
+
+
+def test_the_browser_bench_runs_both_competitors_and_leaves_nothing(site: str) -> None:
+    from bench.browser import COMPETITORS, measure
+
+    for name in COMPETITORS:  # measure() raises if a run leaves a file or a browser behind
+        m = measure(name, site, profiles=2, pages=2, loop="asyncio")
+        assert (m.competitor, m.items) == (name, 4)
+        assert m.seconds > 0 and m.stall_max_ms >= m.stall_p99_ms
