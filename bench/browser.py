@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from playwright.async_api import BrowserContext, async_playwright
+from prometheus_client import CollectorRegistry
 
 import fastcleanup as fc
 from examples.demo.site import serving
@@ -89,7 +90,8 @@ async def _with_rmtree(scratch: Path, urls: list[str], pages: int) -> None:
 
 
 async def _with_fastcleanup(scratch: Path, urls: list[str], pages: int) -> None:
-    cleaner = fc.Cleaner(name="bench-browser")
+    # A registry per run: runs repeat, and a name may be registered once per registry.
+    cleaner = fc.Cleaner(name="bench-browser", registry=CollectorRegistry())
     cleaner.init_worker()
     scratch_dir = fc.ScratchDir(scratch, cleaner=cleaner)
     try:
