@@ -102,9 +102,10 @@ class Cleaner(Handback):
         self._queue = deque()
         # The submit path's whole state, read by the submit closure: what to
         # call with a task (the queue's append while started, the refusal
-        # counter otherwise), whether the dispatcher sleeps, how to wake it.
+        # counter otherwise), whether the dispatcher sleeps, how to wake it,
+        # and how a task submitted by one of our own cleanups is taken.
         # Mutated in place, never replaced: fc.submit holds the closure.
-        hot = [self._refuse, False, self._wake]
+        hot = self._stopped_hot()
         if hasattr(self, "_hot"):
             self._hot[:] = hot
         else:

@@ -47,7 +47,8 @@ _HELP = {
     "(before init_worker() or after shutdown()); they never run.",
     "completed": "Cleanup tasks that finished; a file already gone counts as completed.",
     "failed": "Cleanup tasks that failed, by kind and reason: error (raised), timeout (ran past "
-    "task_timeout), invalid (not a cleanup task), refused (outside allowed_roots).",
+    "task_timeout), invalid (not a cleanup task), refused (outside allowed_roots), busy (a tree "
+    "still written to after its walks within busy_timeout).",
     "dropped_at_exit": "Accepted cleanup tasks that could not run before the interpreter exited.",
     "swept": "Leftovers of dead processes (killed by SIGKILL, the OOM killer, a reboot) "
     "removed by a sweep of a ScratchDir base: type=directory counts their scratch directories, "

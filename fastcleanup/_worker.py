@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Collection
-from typing import Any
+from typing import Any, Final
 
 from ._accounts import Accounts, logger, safe_repr
 from ._batch import DONE, Batch, InProgress, classify, paths_of, plain_removal, split
@@ -44,6 +44,7 @@ class BatchWorker(Accounts):
         children: list[asyncio.Task[None]] = []
         timer = None
         current_executor.set(self._executor)
+        self._parent.set(batch)  # what our cleanups submit, drain() waits for with them
         try:
             async with asyncio.TaskGroup() as tg:
                 retaken, kind = ((), batch.kind) if batch.kind else classify(tasks)
@@ -264,6 +265,11 @@ def expire(batch: Batch, children: list[asyncio.Task[None]]) -> None:
     for child in children:
         if not child.done():
             child.cancel()
+
+
+# The reason label of fastcleanup_failed_total: the metrics' HELP, the dashboard
+# and the alert rules explain each one.
+REASONS: Final = ("error", "timeout", "invalid", "refused", "busy")
 
 
 def reason_of(exc: BaseException) -> str:

@@ -523,6 +523,7 @@ def test_exit_with_pending_work(scratch: Path, kind: str) -> None:
         "dropped_at_exit": 32,  # 30 calls, the own run() and the late one
         "queued": 0,
         "in_flight": 0,
+        "swept": 0,
     }
     # Failures at exit are logged as in the loop (logging's last resort writes to stderr).
     assert "invalid 'not a task' failed (invalid)" in err, err
@@ -576,6 +577,7 @@ def test_scratch_dir_closed_while_running_is_removed_at_exit(scratch: Path, kind
         "dropped_at_exit": 0,
         "queued": 0,
         "in_flight": 0,
+        "swept": 0,
     }
 
 
@@ -640,6 +642,7 @@ def test_exit_counts_removals_that_fail_as_failed(scratch: Path, kind: str) -> N
         "dropped_at_exit": 0,
         "queued": 0,
         "in_flight": 0,
+        "swept": 0,
     }
     reasons = json.loads(out.split("REASONS ")[1].splitlines()[0])
     assert reasons == [
