@@ -215,7 +215,9 @@ class Browsers:
 
     ``executable_path`` defaults to :func:`chromium_path`; ``args`` are added
     to :func:`launch_args`; other keyword arguments of the ``launch*`` calls
-    pass through to Playwright.
+    pass through to Playwright. A browser still running ``exit_timeout``
+    seconds after its close is killed before its directory goes; keep it
+    below the cleaner's ``task_timeout``, which bounds the whole wait.
     """
 
     __slots__ = (
@@ -228,7 +230,6 @@ class Browsers:
         "_exit_timeout",
         "_numbers",
         "_playwright",
-        "_retired",
         "_scratch",
     )
 
@@ -258,7 +259,6 @@ class Browsers:
         # What is open, and the directory each one owns (None: a context of a launch()).
         self._contexts: dict[BrowserContext, Path | None] = {}
         self._browsers: dict[Browser, Path] = {}
-        self._retired: set[Path] = set()
 
     @property
     def playwright(self) -> Playwright:
@@ -379,11 +379,7 @@ class Browsers:
             self._retire(path)
 
     def _retire(self, path: Path) -> None:
-        if path in self._retired:
-            return
-        self._retired.add(path)
-        # The removal runs even if the wait times out: RemoveTree then fails
-        # (``busy``) rather than counting a tree a live browser refills as removed.
+        # Each path comes here once: the registries hand it over as they drop it.
         waited = fc.Call(_exited, str(path), self._exit_timeout)
         self._cleaner.submit(fc.InOrder(waited, fc.RemoveTree(path)))
 
