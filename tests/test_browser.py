@@ -305,3 +305,88 @@ def test_the_browser_bench_runs_both_competitors_and_leaves_nothing(site: str) -
         m = measure(name, site, profiles=2, pages=2, loop="asyncio")
         assert (m.competitor, m.items) == (name, 4)
         assert m.seconds > 0 and m.stall_max_ms >= m.stall_p99_ms
+
+
+# A crawler whose Chromium runs in a session of its own, so it lives on after
+# the crawler's death, still writing to the crawler's scratch directory.
+_ORPHANING_CRAWLER = """
+import subprocess, sys, time
+import fastcleanup as fc
+from fastcleanup.playwright import chromium_path, launch_args
+scratch = fc.ScratchDir(sys.argv[1])
+browser = subprocess.Popen(
+    [chromium_path(), "--headless", *launch_args(),
+     f"--user-data-dir={scratch.path / 'p1' / 'u'}", sys.argv[2]],
+    start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+)
+print(scratch.path, browser.pid, flush=True)
+time.sleep(600)
+"""
+_WRITER = (
+    "<script>let n = 0; setInterval(() => "
+    "localStorage.setItem('k' + (n++ % 50), 'x'.repeat(100000)), 20)</script>"
+)
+
+
+def _wait_for(check: Callable[[], bool], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not (done := check()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return done
+
+
+async def _sweep_once(cleaner: fc.Cleaner, base: Path) -> fc.Stats:
+    fc.sweep(base, cleaner=cleaner)
+    cleaner.init_worker()
+    assert await cleaner.drain(30)
+    return cleaner.stats()
+
+
+def _start_orphaning_crawler(base: Path, page: str) -> tuple[subprocess.Popen[str], Path, int]:
+    crawler = subprocess.Popen(
+        [sys.executable, "-c", _ORPHANING_CRAWLER, str(base), page],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert crawler.stdout is not None
+    path, pid = crawler.stdout.readline().split()
+    crawler.stdout.close()
+    return crawler, Path(path), int(pid)
+
+
+async def test_an_orphaned_browser_that_keeps_writing_is_swept_after_it_dies(
+    scratch: Path,
+    tmp_path: Path,
+    make_cleaner: Callable[..., fc.Cleaner],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    page = tmp_path / "writer.html"
+    page.write_text(_WRITER)
+    crawler, dead, orphan = await asyncio.to_thread(
+        _start_orphaning_crawler, scratch, page.as_uri()
+    )
+    try:
+        assert await asyncio.to_thread(_wait_for, (dead / "p1/u/Default").exists)
+        crawler.kill()
+        await asyncio.to_thread(crawler.wait)
+
+        # The next start, while the crawler's browser lives on and writes:
+        # the dead crawler's directory is in use, and stays.
+        monkeypatch.setattr(fc._sweep, "GRACE", 0.0)  # no waiting for a quiet minute
+        stats = await _sweep_once(make_cleaner(name="first"), scratch)
+        assert stats.swept == 0
+        await asyncio.sleep(0.5)  # the browser writes on...
+        assert await asyncio.to_thread(_census, dead)  # ...into what the sweep left
+    finally:
+        os.kill(orphan, signal.SIGKILL)
+    assert await asyncio.to_thread(_wait_gone, dead) == []
+
+    # Once the browser is dead, the next start removes all of it.
+    stats = await _sweep_once(make_cleaner(name="next"), scratch)
+    assert stats.swept == 1
+    assert os.listdir(scratch) == []
+
+
+def _census(path: Path) -> list[str]:
+    return entries(path) if path.exists() else []
