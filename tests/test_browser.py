@@ -390,3 +390,18 @@ async def test_an_orphaned_browser_that_keeps_writing_is_swept_after_it_dies(
 
 def _census(path: Path) -> list[str]:
     return entries(path) if path.exists() else []
+
+
+async def test_a_base_of_40_bytes_fits_chromiums_socket(
+    scratch: Path, make_cleaner: Callable[..., fc.Cleaner]
+) -> None:
+    base = scratch / ("b" * (40 - len(str(scratch)) - 1))
+    assert len(os.fsencode(base)) == 40
+    cleaner, scratch_dir = running(make_cleaner(name="forty"), base)
+    async with Browsers(scratch_dir, cleaner=cleaner) as browsers:
+        context = await browsers.launch_persistent_context()  # Chromium aborts if it does not fit
+        await (await context.new_page()).goto("data:text/html,<title>ok</title>")
+        await context.close()
+    assert await cleaner.drain(30)
+    assert entries(scratch_dir.path) == []
+    scratch_dir.close()
