@@ -1,12 +1,14 @@
 """``python -m examples.demo``: crawl a local test site and show fastcleanup at work.
 
 A child process serves pages that load, break off mid-body, or trickle in
-(:mod:`.site`); a crawler on uvloop fetches them site by site
-(:mod:`.crawl`), leaving every removal to guards; a 1 ms ticker
+(:mod:`.site`); a crawler on uvloop fetches them site by site in Chromium
+when Playwright and a Chromium are installed, else with a stand-in
+(:mod:`.crawl`), leaving every removal to the cleaner; a 1 ms ticker
 measures how late the loop runs; ``/metrics`` is served on 127.0.0.1
 throughout. The demo ends with ``shutdown()``, a conservation check of
-``stats()``, a leak check of its scratch directory and a table
-(:mod:`.report`); it exits 1 if anything leaked.
+``stats()``, a leak check of its scratch directory and of browser
+processes, and a table (:mod:`.report`); it exits 1 if anything leaked.
+``--kill`` shows a crawler SIGKILLed mid-crawl instead (:mod:`.kill`).
 
 The demo runs its own ``Cleaner(name="demo")`` on a fresh registry rather
 than the default cleaner: its counters then start at zero and count only

@@ -1,11 +1,13 @@
 """The demo's crawler: what a crawler embedding fastcleanup does per site and per page.
 
-Per site it makes a :class:`BrowserProfile` (a temp directory and an HTTP
-session) and drops it when the site is done. Per page it streams the body
-into a :class:`fastcleanup.StagingFile`, and for a page that arrived whole it
+Per site it opens a real Chromium profile (:mod:`.browser`, through
+``fastcleanup.playwright``) and closes it when the site is done, or, without
+Chromium, makes a stand-in :class:`BrowserProfile` (a temp directory and an
+HTTP session) and drops it. Per page it writes the body into a
+:class:`fastcleanup.StagingFile`, and for a page that arrived whole it
 writes a text-extraction scratch file that it drops as well. The crawler
-never removes anything itself: guards hand every removal to the cleaner,
-most of them from finalizers as they fall out of scope.
+never removes anything itself: guards, and ``fastcleanup.playwright`` for
+Chromium's files, hand every removal to the cleaner.
 """
 
 from __future__ import annotations
