@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -244,3 +245,55 @@ async def test_run_on_its_own_raises_the_failures_together(scratch: Path) -> Non
         await fc.InOrder(fc.Call(crash), fc.RemoveTree(gone)).run()
     assert not gone.exists()
     assert [str(e) for e in info.value.exceptions] == ["boom"]
+
+
+@pytest.mark.timeout(60)
+def test_a_loop_closed_midway_without_cancelling_is_adopted_exactly(
+    loop_kind: str, scratch: Path, make_cleaner: MakeCleaner
+) -> None:
+    """No cancellation reaches the ordered task: the next loop still counts each task once."""
+    profile = tree(scratch, "profile")
+    runs: Counter[str] = Counter()
+    gate, started = asyncio.Event(), asyncio.Event()
+
+    async def close(name: str) -> None:
+        runs[name] += 1
+        if name == "context":
+            started.set()
+            await gate.wait()  # the first loop closes while this waits
+
+    cleaner = make_cleaner()
+    loop = loop_factory(loop_kind)()
+    try:
+
+        async def start() -> None:
+            cleaner.init_worker()
+            cleaner.submit(
+                fc.InOrder(
+                    fc.Call(close, "page"), fc.Call(close, "context"), fc.RemoveTree(profile)
+                )
+            )
+            await started.wait()
+
+        loop.run_until_complete(start())
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its pending tasks are abandoned on purpose
+            loop.close()
+
+    async def again() -> None:
+        nonlocal gate
+        gate = asyncio.Event()
+        gate.set()
+        cleaner.init_worker()
+        mid = cleaner.stats()
+        assert (mid.submitted, mid.completed, mid.queued, mid.in_flight) == (3, 1, 2, 0)
+        assert await cleaner.drain(timeout=10)
+        await cleaner.shutdown()
+
+    run_on(loop_kind, again())
+    assert runs == {"page": 1, "context": 2} and not profile.exists()
+    stats = cleaner.stats()
+    assert (stats.submitted, stats.completed, stats.queued, stats.in_flight) == (3, 3, 0, 0)
+    assert cleaner._tally.taken_by == {"call": 2, "remove_tree": 1}
+    assert_conserved(stats)
