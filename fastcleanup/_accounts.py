@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from ._batch import DONE, Batch, InProgress, Requeued
 from ._intake import Intake
 from ._log import FAILURES
+from ._order import requeue_ordered
 from ._paths import FileJob, Refused, Roots
 
 __all__ = ["Accounts", "Waiter", "logger", "safe_repr"]
@@ -105,9 +106,12 @@ class Accounts(Intake):
                 )
         batch.abandoned = True
         rest = batch.unfinished()
+        # An InOrder cut short goes back as one item standing for the tasks it has left.
+        extra = requeue_ordered(rest)
+        self._extra_queued += extra
         if batch.counted:  # mark them so submitted_total{task} never counts one twice
             rest = [t if type(t) is Requeued else Requeued(t) for t in rest]
-        self._put_back(rest, self._taken - len(rest), self.in_flight - len(rest))
+        self._put_back(rest, self._taken - len(rest), self.in_flight - len(rest) - extra)
         self._batches.discard(batch)
 
     # -- the queue wait, measured per dispatcher turn rather than per submit ----------

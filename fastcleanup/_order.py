@@ -27,7 +27,14 @@ if TYPE_CHECKING:
 
     from ._tally import Tally
 
-__all__ = ["InOrder", "Remainder", "flatten_at_exit", "is_ordered", "run_ordered"]
+__all__ = [
+    "InOrder",
+    "Remainder",
+    "flatten_at_exit",
+    "is_ordered",
+    "requeue_ordered",
+    "run_ordered",
+]
 
 
 class InOrder:
@@ -91,13 +98,18 @@ class InOrder:
 
 
 class Remainder:
-    """What an interrupted ``InOrder`` had left, already counted as submitted."""
+    """What an ``InOrder`` has left, its tasks counted as submitted already.
 
-    __slots__ = ("tasks",)
+    ``live`` while a worker runs it: its tasks are then counted in
+    ``in_flight``, else (back in the queue) in ``_extra_queued``.
+    """
+
+    __slots__ = ("live", "tasks")
     kind = InOrder.kind
 
-    def __init__(self, tasks: tuple[CleanupTask, ...]) -> None:
+    def __init__(self, tasks: tuple[CleanupTask, ...], live: bool) -> None:
         self.tasks = tasks
+        self.live = live
 
     run = InOrder.run
 
@@ -127,7 +139,9 @@ async def run_ordered(host: Host, batch: Batch, i: int, task: InOrder | Remainde
 
     Each runs through ``host._run_one`` in a sub-batch of its own (whose
     deadline timer is this task's timeout), which counts it as finished.
-    The slot holds what is left, so a dying loop requeues only that.
+    The slot holds what is left, as a live ``Remainder``, so a dying loop
+    requeues only that (``Accounts._requeue`` moves its count back to the
+    queue), whether or not this coroutine gets to see the loop die.
     """
     tasks, n = task.tasks, len(task.tasks)
     if type(task) is InOrder:  # first taken: count the tasks it holds
@@ -137,6 +151,7 @@ async def run_ordered(host: Host, batch: Batch, i: int, task: InOrder | Remainde
     else:
         host._extra_queued -= n - 1
     host.in_flight += n - 1
+    batch.tasks[i] = Remainder(tasks, live=True)
     loop, done = batch.loop, 0
     child: asyncio.Task[None] | None = None
     try:
@@ -152,19 +167,27 @@ async def run_ordered(host: Host, batch: Batch, i: int, task: InOrder | Remainde
             finally:
                 timer.cancel()
             child, done = None, done + 1
-            batch.tasks[i] = Remainder(tasks[done:]) if done < n else DONE
+            batch.tasks[i] = Remainder(tasks[done:], live=True) if done < n else DONE
     except BaseException:
         if child is not None and child.done() and not child.cancelled():
             done += 1  # it finished (and was counted) before this task was cancelled
-        left = n - done
-        if left and not batch.abandoned:
-            # Goes back to the queue as one item standing for ``left`` tasks.
-            batch.tasks[i] = Remainder(tasks[done:])
-            host.in_flight -= left - 1
-            host._extra_queued += left - 1
-        elif not left:
-            batch.tasks[i] = DONE
+        if not batch.abandoned:
+            batch.tasks[i] = Remainder(tasks[done:], live=True) if done < n else DONE
         raise
+
+
+def requeue_ordered(rest: list[Any]) -> int:
+    """Mark the live remainders among ``rest`` (going back to the queue) as queued.
+
+    Returns how many tasks they hold beyond one each: the count that moves
+    from ``in_flight`` to ``_extra_queued``.
+    """
+    extra = 0
+    for t in rest:
+        if type(t) is Remainder and t.live:
+            t.live = False
+            extra += len(t.tasks) - 1
+    return extra
 
 
 def _expire(sub: Batch, child: asyncio.Task[None]) -> None:
@@ -194,7 +217,7 @@ def flatten_at_exit(host: ExitHost, task: InOrder | Remainder) -> None:
     n = len(task.tasks)
     if type(task) is InOrder:
         items: list[Any] = list(task.tasks)
-    else:
+    else:  # never live here: the exit handler requeued every batch first
         items = [Requeued(t) for t in task.tasks]
         # Now n queued items rather than one item standing for n.
         host._extra -= n - 1
