@@ -19,7 +19,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Final
 
 import fastcleanup as fc
@@ -166,12 +166,20 @@ def measure_trees(name: str, n: int, *, parent: str | None = None) -> Measuremen
 
 
 def compare_trees(
-    names: Sequence[str], n: int, repeat: int, *, parent: str | None = None
+    names: Sequence[str],
+    n: int,
+    repeat: int,
+    *,
+    parent: str | None = None,
+    progress: Callable[[Measurement], None] | None = None,
 ) -> dict[str, Measurement]:
     """Every competitor ``repeat`` times on ``n`` fresh trees, in turn; the medians."""
     results: dict[str, list[Measurement]] = {name: [] for name in names}
     for r in range(repeat):
         k = r % len(names) if names else 0
         for name in [*names[k:], *names[:k]]:
-            results[name].append(measure_trees(name, n, parent=parent))
+            m = measure_trees(name, n, parent=parent)
+            results[name].append(m)
+            if progress is not None:
+                progress(m)
     return {name: summarize(ms) for name, ms in results.items()}

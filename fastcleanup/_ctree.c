@@ -222,11 +222,15 @@ same(int fd, const frame_t *f)
     return fstat(fd, &st) == 0 && st.st_dev == f->dev && st.st_ino == f->ino;
 }
 
-/* Reopen f[d], closed, while f[d + 1] is still open. */
+/* Reopen f[d], closed: through ".." of f[d + 1] while that is open, else
+ * (or if it leads elsewhere) down from the nearest open ancestor. */
 static int
 reopen(walk_t *w, size_t d)
 {
-    int fd = openat(dirfd(w->f[d + 1].dir), "..", OPEN_FLAGS);
+    int fd = -1;
+    if (d + 1 < w->depth && w->f[d + 1].dir != NULL) {
+        fd = openat(dirfd(w->f[d + 1].dir), "..", OPEN_FLAGS);
+    }
     if (fd >= 0 && !same(fd, &w->f[d])) {
         close(fd); /* the child was moved: come down from the top instead */
         fd = -1;
@@ -239,18 +243,15 @@ reopen(walk_t *w, size_t d)
         fd = dup(dirfd(w->f[top].dir));
         for (size_t k = top + 1; fd >= 0 && k <= d; k++) {
             int next = openat(fd, w->f[k].name, OPEN_FLAGS);
-            int err = errno;
             close(fd);
             fd = next;
-            errno = err;
             if (fd >= 0 && !same(fd, &w->f[k])) {
                 close(fd);
                 fd = -1;
-                errno = ESTALE;
             }
         }
         if (fd < 0) {
-            return errno;
+            return ESTALE; /* no longer where the walk left it */
         }
     }
     w->f[d].dir = fdopendir(fd);
@@ -389,6 +390,14 @@ walk_one(tree_t *t, const volatile int64_t *stop)
     }
     while (w.depth > 0) {
         frame_t *f = &w.f[w.depth - 1];
+        if (f->dir == NULL && reopen(&w, w.depth - 1) != 0) {
+            /* Lost (leave() could not come back to it, and named it): what
+             * is left of it lies out of the walk's reach now. */
+            w.f[w.depth - 2].failed = 1;
+            free(f->name);
+            w.depth--;
+            continue;
+        }
         errno = 0;
         struct dirent *ent = readdir(f->dir);
         if (ent == NULL) {

@@ -135,7 +135,9 @@ def sweep(base: str | os.PathLike[str], *, cleaner: Cleaner | None = None) -> No
 
     Sweeps now if the cleaner runs, else at its ``init_worker()``, and again
     at every later start. Only scratch directories whose owner is dead are
-    removed (see :class:`ScratchDir`); anything else under ``base`` stays.
+    removed (see :class:`ScratchDir`), once no other process uses them, and
+    so are those a dead owner's orphan (its browser, say) made again;
+    anything else under ``base`` stays.
 
     >>> fc.sweep("/var/tmp/crawler")
     >>> fc.init_worker()          # the sweep runs as a cleanup task, kind "sweep"

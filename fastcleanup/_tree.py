@@ -49,6 +49,7 @@ __all__ = [
 
 HELD: Final = 64  # directories of one walk open at once
 NAMED: Final = 5  # failures named by path; the rest are counted
+JOB_TREES: Final = 16  # trees per job at most
 DEFAULT_BUSY_TIMEOUT: Final = 3.0  # seconds a refilled tree is retried before Busy
 _FIRST_BACKOFF, _MAX_BACKOFF = 0.01, 0.25
 _OPEN: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -115,9 +116,11 @@ class _Walk:
         return 0
 
     def reopen(self, d: int) -> int:
-        """Reopen frame ``d``, closed, while frame ``d + 1`` is open."""
-        below, frame = self.frames[d + 1], self.frames[d]
-        fd = _open_same("..", below.fd, frame)
+        """Reopen frame ``d``, closed: through ``..`` of frame ``d + 1`` while that is
+        open, else (or if it leads elsewhere) down from the nearest open ancestor."""
+        frame, fd = self.frames[d], None
+        if d + 1 < len(self.frames) and self.frames[d + 1].fd is not None:
+            fd = _open_same("..", self.frames[d + 1].fd, frame)
         if fd is None:  # the child was moved: come down from the top instead
             top = d
             while self.frames[top].fd is None:
@@ -127,7 +130,7 @@ class _Walk:
                 prev, fd = fd, _open_same(self.frames[k].name, fd, self.frames[k])
                 os.close(prev)
                 if fd is None:
-                    return errno.ESTALE
+                    return errno.ESTALE  # no longer where the walk left it
         frame.fd = fd
         frame.entries = os.scandir(fd)
         return 0
@@ -216,6 +219,12 @@ class _Walk:
         unlink = os.unlink
         while frames:
             f = frames[-1]
+            if f.fd is None and self.reopen(len(frames) - 1):
+                # Lost (leave() could not come back to it, and named it): what
+                # is left of it lies out of the walk's reach now.
+                frames.pop()
+                frames[-1].failed = True
+                continue
             try:
                 entry = next(f.entries, None)
             except OSError as exc:
@@ -441,7 +450,8 @@ class TreeLane:
     """Removes trees for the loop's tasks on the cleaner's threads, several per job.
 
     Trees asked for in one loop turn (a batch's tasks start together) are
-    split over ``threads`` jobs, each a single ``walk_trees`` call that runs
+    split into jobs of at most ``JOB_TREES`` (and at least one job per
+    thread), each a single ``walk_trees`` call that runs
     without the GIL where the C module is built, and reports back with one
     ``call_soon_threadsafe``. A tree that a writer refilled is walked again
     after a pause that doubles (10 ms to 250 ms), until ``busy_timeout``
@@ -478,12 +488,19 @@ class TreeLane:
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         trees, self._pending = self._pending, []
         trees = [t for t in trees if not t.fut.done()]
-        n = min(self._threads, len(trees))
+        # At least one job per thread, and none of more than JOB_TREES trees: a
+        # thread that ends early takes the next job instead of idling.
+        n = min(len(trees), max(self._threads, -(-len(trees) // JOB_TREES)))
         for k in range(n):
             job = _Job(trees[k::n])
             for t in job.trees:
                 t.job = job
-            self._executor.run(lambda job=job: self._run(job, loop))  # type: ignore[misc]
+            try:
+                self._executor.run(lambda job=job: self._run(job, loop))  # type: ignore[misc]
+            except RuntimeError as exc:  # shut down meanwhile (a retry after shutdown())
+                for t in job.trees:
+                    if not t.fut.done():
+                        t.fut.set_exception(exc)
 
     def _run(self, job: _Job, loop: asyncio.AbstractEventLoop) -> None:
         """On a cleaner's thread: open the parents (confined), walk, report once."""

@@ -568,12 +568,7 @@ async def _removed_with_ticks(cleaner: fc.Cleaner, tree: Path) -> tuple[int, flo
 
 def _one_dir(where: Path, files: int) -> None:
     where.mkdir()
-    fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for k in range(files):
-            os.close(os.open(f"f{k}", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=fd))
-    finally:
-        os.close(fd)
+    _fill(where, files)
 
 
 @pytest.mark.parametrize(
@@ -615,3 +610,80 @@ def test_shutil_cannot_remove_what_the_walker_can(scratch: Path) -> None:
             pytest.skip("this Python's rmtree walks iteratively (3.12.4+)")
     _tree.remove_tree(str(scratch / "deep"), None)
     assert os.listdir(scratch) == []
+
+
+async def test_a_tree_past_task_timeout_times_out_and_its_walk_stops(
+    scratch: Path, make_cleaner: MakeCleaner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A walk on slow storage: the task times out, and the walk ends soon after."""
+    _one_dir(scratch / "slow", 2_000)
+    (scratch / "quick").mkdir()
+    removed = [0]
+    real_unlink = os.unlink
+
+    def slow_unlink(path: Any, *, dir_fd: int | None = None) -> None:
+        time.sleep(0.001)  # storage at 1,000 files/s: two seconds for this tree
+        real_unlink(path, dir_fd=dir_fd)
+        removed[0] += 1
+
+    monkeypatch.setattr(os, "unlink", slow_unlink)  # the twin walks: it sees this unlink
+    cleaner = make_cleaner(task_timeout=0.3)
+    cleaner.init_worker()
+    cleaner.submit(fc.RemoveTree(scratch / "slow"))
+    cleaner.submit(fc.RemoveTree(scratch / "quick"))
+    assert await cleaner.drain(timeout=10)
+    assert cleaner._tally.failed_by == {("remove_tree", "timeout"): 1}
+    assert cleaner.stats().completed == 1 and not (scratch / "quick").exists()
+    at_timeout = removed[0]
+    await asyncio.sleep(0.1)
+    assert removed[0] - at_timeout <= 5, (at_timeout, removed[0])  # stopped, not finishing
+    assert len(os.listdir(scratch / "slow")) > 1_000
+    await cleaner.shutdown()
+
+
+def test_a_walk_whose_way_back_was_moved_away_goes_on_and_names_it(
+    walk: Walk, scratch: Path
+) -> None:
+    """Deep in a walk, levels 5 and 12 move out of the tree.
+
+    A thread moves them once the walk is busy with the 5,000 files at the
+    bottom (on tmpfs a directory's size counts its entries). The closed
+    ancestors cannot be reopened the way the walk came: it names the
+    directory it lost, leaves what moved away alone, and removes the rest.
+    """
+    deep(scratch / "tree", 100)
+    level = [str(scratch / "tree" / os.path.join(*["d"] * k)) for k in range(1, 101)]
+    _fill(Path(level[-1]), 5_000)
+    full = os.stat(level[-1]).st_size
+    moved = threading.Event()
+
+    def move() -> None:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if os.stat(level[-1]).st_size < full:
+                os.rename(level[11], scratch / "moved-12")  # the deeper first: its path holds 5
+                os.rename(level[4], scratch / "moved-5")
+                moved.set()
+                return
+            time.sleep(0.0002)  # yield: a spinning thread would starve the walk
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    (result,) = walk([(_tree.AT_FDCWD, str(scratch / "tree"))])
+    mover.join()
+    if not moved.is_set():
+        pytest.skip("the moving thread never caught the walk at the bottom")
+    assert not (scratch / "tree").exists()
+    failed, named, refilled, stopped = result
+    assert (failed, refilled, stopped) == (1, False, False)
+    assert named == [(os.path.join(*["d"] * 11), errno.ESTALE)]
+    assert (scratch / "moved-5").is_dir() and (scratch / "moved-12").is_dir()
+
+
+def _fill(where: Path, files: int) -> None:
+    fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for k in range(files):
+            os.close(os.open(f"f{k}", os.O_CREAT | os.O_WRONLY, 0o600, dir_fd=fd))
+    finally:
+        os.close(fd)
