@@ -301,10 +301,12 @@ def test_the_browser_bench_runs_both_competitors_and_leaves_nothing(site: str) -
 
     # measure() raises if a run leaves a file or a browser behind; a second
     # fastcleanup run, as --repeat makes, must start as cleanly as the first.
+    held: list[float] = []
     for name in (*COMPETITORS, "fastcleanup"):
-        m = measure(name, site, profiles=2, pages=2, loop="asyncio")
+        m = measure(name, site, profiles=2, pages=2, loop="asyncio", held=held)
         assert (m.competitor, m.items) == (name, 4)
         assert m.seconds > 0 and m.stall_max_ms >= m.stall_p99_ms
+    assert len(held) == 2 and min(held) > 0  # each of the baseline's two removals, timed
 
 
 # A crawler whose Chromium runs in a session of its own, so it lives on after
