@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TextIO, TypeVar
 
 from .competitors import (
@@ -50,6 +50,16 @@ from .harness import (
     summarize,
 )
 from .micro import SubmitCost, bytes_per_queued_remove_file, submit_costs
+from .trees import (
+    RM_RF,
+    RMTREE_LOOP,
+    TREE_COMPETITORS,
+    TREE_DIRS,
+    TREE_FILES,
+    TREES_OURS,
+    compare_trees,
+    on_tmpfs,
+)
 
 __all__ = [
     "SCENARIOS",
@@ -310,6 +320,8 @@ class Report:
     submit: list[SubmitCost]
     bytes_per_task: float | None
     idle: Measurement | None = None  # the probes on an idle loop
+    # "trees on tmpfs" / "trees on disk": profile-like trees by competitor
+    trees: dict[str, dict[str, Measurement]] = field(default_factory=dict)
 
 
 def _ratio(rows: dict[str, Measurement], name: str, base: str) -> float | None:
@@ -396,7 +408,46 @@ def targets(report: Report) -> list[Target]:
         )
     if report.bytes_per_task is not None:
         out.append(Target("bytes per queued RemoveFile", report.bytes_per_task, 250.0, False, " B"))
+    out.extend(_tree_targets(report.trees.get(TREES_TMPFS, {})))
     return out
+
+
+TREES_TMPFS, TREES_DISK = "trees on tmpfs", "trees on disk"
+
+
+def _tree_targets(rows: dict[str, Measurement]) -> list[Target]:
+    """The tree targets (stated for tmpfs, where no disk sets the pace)."""
+    ours = rows.get(TREES_OURS)
+    if ours is None:
+        return []
+    at = f"{TREES_TMPFS}, {ours.items:,} trees: {TREES_OURS}"
+    out = [
+        Target(f"{at} vs {base}", ours.rate / rows[base].rate, limit, True)
+        for base, limit in ((RM_RF, 1.5), (RMTREE_LOOP, 2.0))
+        if base in rows
+    ]
+    out.append(Target(f"{at} loop stall p99", ours.stall_p99_ms, 2.0, False, " ms"))
+    out.append(Target(f"{at} loop stall max", ours.stall_max_ms, 5.0, False, " ms"))
+    return out
+
+
+def _tree_rows(rows: dict[str, Measurement]) -> list[list[str]]:
+    rm, loop = rows.get(RM_RF), rows.get(RMTREE_LOOP)
+    header = ["competitor", "loop", "trees", "trees/s", "x rm -rf", "x rmtree loop"]
+    table = [[*header, "stall p99/max ms"]]
+    table.extend(
+        [
+            m.competitor,
+            m.loop,
+            f"{m.items:,}",
+            _num(m.rate),
+            _num(m.rate / rm.rate if rm is not None else math.nan),
+            _num(m.rate / loop.rate if loop is not None else math.nan),
+            f"{_num(m.stall_p99_ms)} / {_num(m.stall_max_ms)}",
+        ]
+        for m in rows.values()
+    )
+    return table
 
 
 # -- the table ------------------------------------------------------------------------------
@@ -517,6 +568,13 @@ def render(report: Report, out: TextIO, *, calls: int, repeat: int) -> None:
                 f"host p99 {_num(i.host_p99_ms)} ms)",
                 file=out,
             )
+    for key, rows in report.trees.items():
+        print(
+            f"\n{key}: bursts of browser-profile-like trees ({TREE_FILES} files in "
+            f"{TREE_DIRS} nested directories and a symlink each), median of {repeat}:",
+            file=out,
+        )
+        _table(_tree_rows(rows), out)
     if report.calls:
         print(f"\n{calls:,} trivial Call tasks, median of {repeat}:", file=out)
         _table(_call_rows(report.calls), out)
@@ -610,6 +668,11 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="files per burst of the per-file designs (default 2000; --quick: 500)",
     )
+    p.add_argument(
+        "--trees",
+        type=int,
+        help="profile-like trees per burst on tmpfs, a third on disk (default 600; --quick: 30)",
+    )
     p.add_argument("--repeat", type=int, help="runs per competitor (default 3; --quick: 1)")
     p.add_argument("--calls", type=int, help="trivial Call tasks per burst (default 20000)")
     p.add_argument("--submit-calls", type=int, help="hand-offs per submit-cost run (default 50000)")
@@ -631,14 +694,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scenario",
         action="append",
-        choices=[sc.key for sc in SCENARIOS],
-        help="run only this file scenario (repeatable)",
+        choices=[*(sc.key for sc in SCENARIOS), "trees"],
+        help="run only this scenario (repeatable); trees: bursts of profile-like trees",
     )
     p.add_argument(
         "--dir",
         help="where to create the files (default: a tmpfs such as /dev/shm, else the temp dir)",
     )
     p.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart (needs matplotlib)")
+    p.add_argument(
+        "--browser",
+        action="store_true",
+        help="run only the real-browser scenario: Chromium profiles removed through "
+        "fastcleanup against shutil.rmtree on the loop (needs Playwright and a Chromium)",
+    )
     return p
 
 
@@ -660,6 +729,11 @@ def main(argv: list[str] | None = None) -> int:
     n_calls = pick("calls", args.calls, 5_000, 20_000)
     n_submit = pick("submit-calls", args.submit_calls, 20_000, 50_000)
     n_queued = pick("queued", args.queued, 50_000, 200_000)
+    n_trees = pick("trees", args.trees, 30, 600)
+    if args.browser:
+        from .browser import run_browser
+
+        return run_browser(repeat=repeat, quick=quick, loop=args.loop or default_loop())
     if args.plot and not _importable("matplotlib"):
         print(
             "bench: --plot needs matplotlib; install it with pip install matplotlib",
@@ -673,6 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     if skipped and not args.only:
         print(f"(skipped, a module is missing: {', '.join(skipped)})", file=sys.stderr)
     scenarios = [sc for sc in SCENARIOS if not args.scenario or sc.key in args.scenario]
+    with_trees = not args.only and (not args.scenario or "trees" in args.scenario)
 
     def progress(m: Measurement) -> None:
         print(
@@ -732,6 +807,20 @@ def main(argv: list[str] | None = None) -> int:
                 busy=sc.busy,
                 progress=progress,
             )
+        trees: dict[str, dict[str, Measurement]] = {}
+        if with_trees:
+            # The targets are for tmpfs; a disk run (unless --quick or --dir) shows the
+            # I/O-bound case.
+            places = [base] if quick or args.dir else [base, tempfile.gettempdir()]
+            names = _available(TREE_COMPETITORS, TREE_COMPETITORS)
+            for place in dict.fromkeys(places):
+                key = TREES_TMPFS if on_tmpfs(place) else TREES_DISK
+                if key in trees:
+                    continue
+                # A third on a disk, where making the trees takes most of the run.
+                size = n_trees if key == TREES_TMPFS else max(1, n_trees // 3)
+                print(f"bench: {key} ({size:,} trees)...", file=sys.stderr, flush=True)
+                trees[key] = compare_trees(names, size, repeat, parent=place, progress=progress)
         print("bench: Call tasks...", file=sys.stderr, flush=True)
         calls = compare_calls(call_names, n_calls, repeat, loop=loop, progress=progress)
         costs: list[SubmitCost] = []
@@ -745,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    report = Report(bursts, calls, costs, per_task, idle)
+    report = Report(bursts, calls, costs, per_task, idle, trees)
     render(report, sys.stdout, calls=n_calls, repeat=repeat)
     if args.plot and report.bursts:
         plot(report, args.plot)

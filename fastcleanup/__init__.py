@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from . import metrics
 from ._cleaner import Cleaner
-from ._default import drain, init_worker, shutdown, stats, submit, worker_inited
+from ._default import configure, drain, init_worker, shutdown, stats, submit, worker_inited
 from ._guards import StagingFile, TempFile, on_collect
+from ._order import InOrder
 from ._runner import run
 from ._scratch import ScratchDir, sweep
 from ._tally import Stats
@@ -24,12 +25,14 @@ __all__ = [
     "Call",
     "Cleaner",
     "CleanupTask",
+    "InOrder",
     "RemoveFile",
     "RemoveTree",
     "ScratchDir",
     "StagingFile",
     "Stats",
     "TempFile",
+    "configure",
     "drain",
     "init_worker",
     "metrics",

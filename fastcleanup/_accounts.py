@@ -12,12 +12,15 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
 
 from ._batch import DONE, Batch, InProgress, Requeued
 from ._intake import Intake
+from ._log import FAILURES
+from ._order import requeue_ordered
 from ._paths import FileJob, Refused, Roots
 
-__all__ = ["Accounts", "logger", "safe_repr"]
+__all__ = ["Accounts", "Waiter", "logger", "safe_repr"]
 
 logger = logging.getLogger("fastcleanup")
 
@@ -29,7 +32,7 @@ class Accounts(Intake):
 
     _batches: set[Batch]
     _capacity: asyncio.Future[None] | None  # the dispatcher waits on it for a free slot
-    _drain_waiters: list[tuple[int, asyncio.Future[None]]]
+    _drain_waiters: list[Waiter]
     _marks: deque[tuple[int, float]]
     _dispatcher_loop: asyncio.AbstractEventLoop | None
     _refill_at: int
@@ -52,11 +55,10 @@ class Accounts(Intake):
         tally.latency.observe(time.monotonic() - batch.seen_at)
 
     def _fail(self, kind: str, task: object, reason: str, exc: BaseException | None) -> None:
-        """Count a failed cleanup and log it on the ``fastcleanup`` logger."""
+        """Count a failed cleanup and log it (bounded: see ``_log``)."""
         self._tally.fail(kind, reason)
-        logger.warning(
-            "fastcleanup: %s %s failed (%s): %s", kind, safe_repr(task), reason, safe_repr(exc)
-        )
+        # No "fastcleanup:" prefix: the logger's name says it.
+        FAILURES.warning("%s %s failed (%s): %s", kind, safe_repr(task), reason, shown_error(exc))
 
     def _account(self, batch: Batch, job: FileJob, n: int) -> None:
         """Count the first ``n`` files of ``job`` as finished (completed or failed)."""
@@ -64,7 +66,7 @@ class Accounts(Intake):
         errors = [err for k, err in job.errors if k < n]
         for err in errors:
             tally.fail("remove_file", "refused" if isinstance(err, Refused) else "error")
-            logger.warning("fastcleanup: remove_file %r failed: %s", err.filename, err)
+            FAILURES.warning("remove_file %r failed: %s", err.filename, err)
         tally.complete("remove_file", n - len(errors))
         tally.latency.observe(time.monotonic() - batch.seen_at, n)
         self.in_flight -= n
@@ -78,9 +80,9 @@ class Accounts(Intake):
         if cap is not None and not cap.done() and len(self._batches) <= self._refill_at:
             cap.set_result(None)
         if self._drain_waiters:
-            for target, fut in self._drain_waiters:
-                if not fut.done() and self._drained(target):
-                    fut.set_result(None)
+            for waiter in self._drain_waiters:
+                if not waiter.fut.done() and self._drained(waiter.target, waiter.owed):
+                    waiter.fut.set_result(None)
 
     def _requeue(self, batch: Batch) -> None:
         """Take back what ``batch`` did not finish: to the head of the queue, counted once."""
@@ -104,9 +106,12 @@ class Accounts(Intake):
                 )
         batch.abandoned = True
         rest = batch.unfinished()
+        # An InOrder cut short goes back as one item standing for the tasks it has left.
+        extra = requeue_ordered(rest)
+        self._extra_queued += extra
         if batch.counted:  # mark them so submitted_total{task} never counts one twice
             rest = [t if type(t) is Requeued else Requeued(t) for t in rest]
-        self._put_back(rest, self._taken - len(rest), self.in_flight - len(rest))
+        self._put_back(rest, self._taken - len(rest), self.in_flight - len(rest) - extra)
         self._batches.discard(batch)
 
     # -- the queue wait, measured per dispatcher turn rather than per submit ----------
@@ -131,12 +136,17 @@ class Accounts(Intake):
     # -- drain -------------------------------------------------------------------------
 
     async def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every task accepted before this call has finished.
+        """Wait until every task accepted before this call has finished, and its follow-ups.
 
-        Returns False if ``timeout`` seconds passed first.
+        A follow-up is a task that one of those cleanups submitted to this
+        cleaner while it ran (a ``Call`` that closes a browser, then submits
+        the removal of its profile), and so on down. Tasks the application
+        submits after the call are not waited for, unless one shares a batch
+        (``batch_size`` tasks at most) with a task that is. Returns False if
+        ``timeout`` seconds passed first.
         """
-        target = self._submitted()
-        if self._drained(target):
+        target = self._items()
+        if self._drained(target, ()):
             return True
         loop = asyncio.get_running_loop()
         if self._dispatcher_loop is not loop:
@@ -144,21 +154,67 @@ class Accounts(Intake):
                 f"{self!r} has {target - self._taken + self.in_flight} tasks pending but no "
                 "dispatcher on this loop: call init_worker() first"
             )
-        fut: asyncio.Future[None] = loop.create_future()
-        entry = (target, fut)
-        self._drain_waiters.append(entry)
+        waiter = Waiter(target, loop.create_future())
+        self._drain_waiters.append(waiter)
         try:
             async with asyncio.timeout(timeout):
-                await fut
+                await waiter.fut
             return True
         except TimeoutError:
             return False
         finally:
-            if entry in self._drain_waiters:
-                self._drain_waiters.remove(entry)
+            if waiter in self._drain_waiters:
+                self._drain_waiters.remove(waiter)
 
-    def _drained(self, target: int) -> bool:
-        return self._taken >= target and all(b.first_seq > target for b in self._batches)
+    def _drained(self, target: int, owed: Iterable[tuple[int, int]]) -> bool:
+        """True once every item up to the target, and every follow-up owed, is finished.
+
+        Per batch: a batch holding one of them must have finished whole.
+        """
+        if self._taken < target or any(b.first_seq <= target for b in self._batches):
+            return False
+        return all(self._range_done(first, last) for first, last in owed)
+
+    def _range_done(self, first: int, last: int) -> bool:
+        return self._taken >= last and not any(
+            b.first_seq <= last and first < b.first_seq + len(b.tasks) for b in self._batches
+        )
+
+    def _owe(self, parent: Batch, first: int, last: int) -> None:
+        """A cleanup of ``parent`` submitted items ``first..last``: owed where ``parent`` is.
+
+        Only while ``parent`` runs: a task that a cleanup spawned and left
+        running keeps its context, but what it submits later is no follow-up.
+        """
+        if parent not in self._batches:
+            return
+        start, end = parent.first_seq, parent.first_seq + len(parent.tasks) - 1
+        for waiter in list(self._drain_waiters):  # a copy: a finalizer may drain meanwhile
+            if start <= waiter.target or any(
+                f <= end and start <= last_ for f, last_ in waiter.owed
+            ):
+                waiter.owed.append((first, last))
+
+
+class Waiter:
+    """One drain() call: the items it waits for (up to ``target``) and the follow-ups it owes."""
+
+    __slots__ = ("fut", "owed", "target")
+
+    def __init__(self, target: int, fut: asyncio.Future[None]) -> None:
+        self.target = target
+        self.fut = fut
+        self.owed: list[tuple[int, int]] = []  # (first, last) items, one submit each
+
+
+def shown_error(exc: BaseException | None) -> str:
+    """An error for a log line: an OSError's str names its errno and path, a repr would not."""
+    if isinstance(exc, OSError):
+        try:
+            return f"{type(exc).__name__}: {exc}"
+        except Exception:
+            pass
+    return safe_repr(exc)
 
 
 def safe_repr(obj: object) -> str:

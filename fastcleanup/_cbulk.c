@@ -1340,6 +1340,7 @@ static PyMethodDef cbulk_methods[] = {
 
 int add_task_types(PyObject *module);   /* _ctask.c: RemoveFile and Call */
 int add_intake_functions(PyObject *module); /* _cintake.c: submitter */
+int add_tree_functions(PyObject *module);   /* _ctree.c: walk_trees */
 
 static int
 cbulk_exec(PyObject *module)
@@ -1352,7 +1353,7 @@ cbulk_exec(PyObject *module)
         PyModule_AddIntConstant(module, "REFUSED", REFUSED_CODE) < 0) {
         return -1;
     }
-    if (add_task_types(module) < 0) {
+    if (add_task_types(module) < 0 || add_tree_functions(module) < 0) {
         return -1;
     }
     return add_intake_functions(module);

@@ -6,12 +6,18 @@
  * about 90 ns on Python 3.11. This is a builtin function whose self is
  * the cleaner's `hot` list, which CPython calls through its specialized
  * path for builtins (about 50 ns). It takes the closure's steps: call
- * hot[0] with the task, and if hot[1] is True, call hot[2]. An Exception
- * from either is swallowed, as submit must never raise; KeyboardInterrupt
- * and SystemExit go on, as they do from the closure.
+ * hot[0] with the task (hot[4] instead when the context variable hot[3]
+ * is set: the task comes from one of the cleaner's own cleanups), and if
+ * hot[1] is True, call hot[2]. An Exception from either is swallowed, as
+ * submit must never raise; KeyboardInterrupt and SystemExit go on, as
+ * they do from the closure. Reading the context variable costs a few
+ * nanoseconds: CPython caches its value per thread and context.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+
+/* hot = [put, idle, wake, parent, follow], as _intake.Intake keeps it. */
+#define HOT_SIZE 5
 
 /* fn(arg), or fn() when arg is NULL: 0, or -1 with an exception set that
  * is no Exception (an interrupt). */
@@ -44,16 +50,31 @@ submit(PyObject *hot, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames
                             "submit() takes exactly one argument, the task (%zd given)",
                             nargs + nkw);
     }
-    /* The cleaner only assigns hot's items, so it always holds 3; the size
-     * checks keep a list changed by other hands from being read past. */
-    if (PyList_GET_SIZE(hot) != 3) {
+    /* The cleaner only assigns hot's items, so it always holds HOT_SIZE;
+     * the size checks keep a list changed by other hands from being read past. */
+    if (PyList_GET_SIZE(hot) != HOT_SIZE) {
         Py_RETURN_NONE;
     }
-    if (call_quietly(PyList_GET_ITEM(hot, 0), args[0]) < 0) {
+    PyObject *put = PyList_GET_ITEM(hot, 0);
+    PyObject *parent = PyList_GET_ITEM(hot, 3);
+    if (PyContextVar_CheckExact(parent)) {
+        PyObject *value = NULL;
+        if (PyContextVar_Get(parent, NULL, &value) < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                return NULL;
+            }
+            PyErr_Clear(); /* only MemoryError: take the common path */
+        }
+        else if (value != NULL) {
+            Py_DECREF(value);
+            put = PyList_GET_ITEM(hot, 4); /* borrowed: no Python code ran since the size check */
+        }
+    }
+    if (call_quietly(put, args[0]) < 0) {
         return NULL;
     }
     /* hot[1] is True while the dispatcher sleeps (only bools are stored). */
-    if (PyList_GET_SIZE(hot) == 3 && PyList_GET_ITEM(hot, 1) == Py_True &&
+    if (PyList_GET_SIZE(hot) == HOT_SIZE && PyList_GET_ITEM(hot, 1) == Py_True &&
         call_quietly(PyList_GET_ITEM(hot, 2), NULL) < 0) {
         return NULL;
     }
@@ -71,7 +92,8 @@ static PyMethodDef submit_def = {
     "callbacks, signal handlers and other threads. One C-level append to the\n"
     "queue (re-entrant, no lock) and one flag test; only when the dispatcher\n"
     "sleeps, one wakeup. Before ``init_worker()`` and after ``shutdown()`` the\n"
-    "task goes to the refusal counter instead.\n",
+    "task goes to the refusal counter instead. Submitted by a cleanup of the\n"
+    "same cleaner, it is one that drain() waits for if it waits for that cleanup.\n",
 };
 
 static PyObject *
@@ -81,9 +103,9 @@ submitter(PyObject *Py_UNUSED(module), PyObject *hot)
         return PyErr_Format(PyExc_TypeError, "submitter(): hot must be a list, not %.100s",
                             Py_TYPE(hot)->tp_name);
     }
-    if (PyList_GET_SIZE(hot) != 3) {
-        return PyErr_Format(PyExc_ValueError, "submitter(): hot must hold 3 items, not %zd",
-                            PyList_GET_SIZE(hot));
+    if (PyList_GET_SIZE(hot) != HOT_SIZE) {
+        return PyErr_Format(PyExc_ValueError, "submitter(): hot must hold %d items, not %zd",
+                            HOT_SIZE, PyList_GET_SIZE(hot));
     }
     return PyCFunction_New(&submit_def, hot);
 }
@@ -91,7 +113,7 @@ submitter(PyObject *Py_UNUSED(module), PyObject *hot)
 static PyMethodDef intake_functions[] = {
     {"submitter", submitter, METH_O,
      "submitter(hot) -> submit\n--\n\n"
-     "The submit function over hot, a cleaner's [put, idle, wake] list."},
+     "The submit function over hot, a cleaner's [put, idle, wake, parent, follow] list."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -29,6 +29,7 @@ from ._lane import FileLane
 from ._paths import Roots
 from ._tally import Stats, Tally
 from ._tasks import CleanupTask
+from ._tree import DEFAULT_BUSY_TIMEOUT, TreeLane
 from ._unlink import COMPILED
 
 __all__ = ["Cleaner"]
@@ -46,13 +47,17 @@ class Cleaner(Handback):
     wait in the queue); file removals run on ``io_threads`` daemon threads of
     the cleaner's own (the compiled lane's, when built), tree removals and
     the rest on as many more; ``exit_timeout`` bounds the removals run
-    synchronously at interpreter exit. ``registry`` is the
+    synchronously at interpreter exit. A tree that a live writer refills
+    is walked again for up to ``busy_timeout`` seconds (default: 3, or half
+    ``task_timeout`` if that is less), then fails with reason ``busy``.
+    ``registry`` is the
     ``prometheus_client`` registry to export to (``None``: none).
     """
 
     __slots__ = (
-        "__weakref__", "_batch_size", "_executor", "_exit_timeout", "_io_threads", "_lane",
-        "_max_batches", "_name", "_refill_at", "_roots", "_task_timeout", "submit",
+        "__weakref__", "_batch_size", "_busy_timeout", "_executor", "_exit_timeout",
+        "_io_threads", "_lane", "_max_batches", "_name", "_refill_at", "_roots", "_task_timeout",
+        "_trees", "submit",
     )  # fmt: skip
 
     def __init__(
@@ -66,12 +71,14 @@ class Cleaner(Handback):
         max_batches: int = 4,
         io_threads: int = 2,
         exit_timeout: float = 5.0,
+        busy_timeout: float | None = None,
     ) -> None:
         _check_int("batch_size", batch_size, 1, 65536)
         _check_int("max_batches", max_batches, 1, 4096)
         _check_int("io_threads", io_threads, 1, 256)
         _check_seconds("task_timeout", task_timeout)
         _check_seconds("exit_timeout", exit_timeout)
+        self._busy_timeout = _busy_timeout(busy_timeout, float(task_timeout))
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty str, got {name!r}")
         self._batch_size = batch_size
@@ -95,9 +102,10 @@ class Cleaner(Handback):
         self._queue = deque()
         # The submit path's whole state, read by the submit closure: what to
         # call with a task (the queue's append while started, the refusal
-        # counter otherwise), whether the dispatcher sleeps, how to wake it.
+        # counter otherwise), whether the dispatcher sleeps, how to wake it,
+        # and how a task submitted by one of our own cleanups is taken.
         # Mutated in place, never replaced: fc.submit holds the closure.
-        hot = [self._refuse, False, self._wake]
+        hot = self._stopped_hot()
         if hasattr(self, "_hot"):
             self._hot[:] = hot
         else:
@@ -113,10 +121,12 @@ class Cleaner(Handback):
         self._drain_waiters = []
         self._marks = deque()
         self._taken = 0
+        self._extra = self._extra_queued = 0
         self._seq = 0
         self.in_flight = 0
         self._executor = None  # a forked child has none of the parent's threads
         self._lane = None
+        self._trees: TreeLane | None = None
 
     def __repr__(self) -> str:
         return (
@@ -159,6 +169,7 @@ class Cleaner(Handback):
             self._executor = DaemonExecutor(self._io_threads, name=f"fastcleanup-{self._name}")
         if self._lane is None and COMPILED:
             self._lane = FileLane(self._io_threads, name=f"fastcleanup-{self._name}")
+        self._trees = TreeLane(self._executor, self._roots, self._busy_timeout, self._io_threads)
         self._loop = loop
         self._state = State.RUNNING
         self._hot[IDLE] = False
@@ -236,11 +247,11 @@ class Cleaner(Handback):
         )
 
     def _gauges(self) -> tuple[int, int, bool]:
-        return len(self._queue), self.in_flight, self._worker_alive()
+        return self._queued(), self.in_flight, self._worker_alive()
 
     def stats(self) -> Stats:
         """A frozen snapshot of the counters; cheap, callable from any thread."""
-        return self._tally.snapshot(self._submitted(), len(self._queue), self.in_flight)
+        return self._tally.snapshot(self._submitted(), self._queued(), self.in_flight)
 
 
 def _check_int(name: str, value: object, lo: int, hi: int) -> None:
@@ -255,3 +266,16 @@ def _check_seconds(name: str, value: object) -> None:
         raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
     if not value > 0 or value != value or value == float("inf"):
         raise ValueError(f"{name} must be a positive, finite number of seconds, got {value}")
+
+
+def _busy_timeout(value: object, task_timeout: float) -> float:
+    if value is None:
+        return min(DEFAULT_BUSY_TIMEOUT, task_timeout / 2)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"busy_timeout must be a number of seconds, got {type(value).__name__}")
+    if not 0 <= value < task_timeout:
+        raise ValueError(
+            f"busy_timeout must be at least 0 and less than task_timeout ({task_timeout}), "
+            f"got {value}: the walks of a busy tree must end before its task times out"
+        )
+    return float(value)

@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
+from typing import TypedDict, Unpack
+
 from ._cleaner import Cleaner
 from ._tally import Stats
+
+__all__ = [
+    "Settings",
+    "configure",
+    "default_cleaner",
+    "drain",
+    "init_worker",
+    "shutdown",
+    "stats",
+    "submit",
+    "worker_inited",
+]
 
 default_cleaner = Cleaner(name="default")
 
@@ -15,7 +31,10 @@ worker_inited = default_cleaner.worker_inited
 
 
 async def drain(timeout: float | None = None) -> bool:
-    """Wait until every task submitted before this call has finished (False on timeout)."""
+    """Wait until every task submitted before this call, and what those submit, has finished.
+
+    False on timeout. See ``Cleaner.drain``.
+    """
     return await default_cleaner.drain(timeout)
 
 
@@ -27,3 +46,54 @@ async def shutdown(timeout: float | None = 10.0) -> bool:
 def stats() -> Stats:
     """A frozen snapshot of the default cleaner's counters."""
     return default_cleaner.stats()
+
+
+class Settings(TypedDict, total=False):
+    """The settings of ``Cleaner(...)`` that ``configure()`` may change."""
+
+    batch_size: int
+    task_timeout: float
+    allowed_roots: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None
+    max_batches: int
+    io_threads: int
+    exit_timeout: float
+
+
+# Each setting and the attributes of a Cleaner that hold it.
+_SLOTS: dict[str, tuple[str, ...]] = {
+    "batch_size": ("_batch_size",),
+    "task_timeout": ("_task_timeout",),
+    "allowed_roots": ("_roots",),
+    "max_batches": ("_max_batches", "_refill_at"),
+    "io_threads": ("_io_threads",),
+    "exit_timeout": ("_exit_timeout",),
+}
+
+
+def configure(**settings: Unpack[Settings]) -> None:
+    """Change settings of the default cleaner; those not named keep their value.
+
+    >>> fc.configure(allowed_roots=["/var/tmp/crawler"], task_timeout=30)
+    >>> fc.init_worker()
+
+    Takes the keywords of ``fc.Cleaner(...)`` but ``registry`` and ``name``,
+    checked the same way (TypeError, ValueError). Only while the default
+    cleaner is stopped: before ``init_worker()`` or after ``shutdown()``;
+    ``fc.submit`` stays the same function throughout.
+    """
+    unknown = sorted(set(settings) - set(_SLOTS))
+    if unknown:
+        raise TypeError(
+            f"configure() got unexpected keyword(s) {', '.join(unknown)}; "
+            f"it takes {', '.join(_SLOTS)}"
+        )
+    if default_cleaner.worker_inited():
+        raise RuntimeError(
+            f"{default_cleaner!r} is running: call fc.configure() before fc.init_worker() "
+            "or after await fc.shutdown()"
+        )
+    # Cleaner() itself checks the values, so both say the same about a bad one.
+    checked = Cleaner(registry=None, name="configure", **settings)
+    for name in settings:
+        for slot in _SLOTS[name]:
+            setattr(default_cleaner, slot, getattr(checked, slot))

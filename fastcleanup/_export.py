@@ -47,10 +47,12 @@ _HELP = {
     "(before init_worker() or after shutdown()); they never run.",
     "completed": "Cleanup tasks that finished; a file already gone counts as completed.",
     "failed": "Cleanup tasks that failed, by kind and reason: error (raised), timeout (ran past "
-    "task_timeout), invalid (not a cleanup task), refused (outside allowed_roots).",
+    "task_timeout), invalid (not a cleanup task), refused (outside allowed_roots), busy (a tree "
+    "still written to after its walks within busy_timeout).",
     "dropped_at_exit": "Accepted cleanup tasks that could not run before the interpreter exited.",
     "swept": "Leftovers of dead processes (killed by SIGKILL, the OOM killer, a reboot) "
-    "removed by a sweep of a ScratchDir base: type=directory counts their scratch directories, "
+    "removed by a sweep of a ScratchDir base: type=directory counts their scratch directories "
+    "(Stats.swept), those an orphan such as their browser recreated among them, "
     "type=file the files and other non-directory entries that were in them.",
     "queued": "Cleanup tasks waiting in the queue for the dispatcher.",
     "in_flight": "Cleanup tasks handed to batch workers and not yet finished.",

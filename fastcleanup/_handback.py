@@ -15,8 +15,12 @@ from ._accounts import logger
 from ._batch import EXIT_RUNNERS, Requeued, sync_at_exit
 from ._dispatcher import Dispatcher
 from ._intake import PUT, State
+from ._log import FAILURES
+from ._order import flatten_at_exit, is_ordered
 from ._paths import Refused, UnlinkJob, remove_tree_confined
 from ._tasks import INVALID, RemoveTree, kind_or_invalid
+from ._tree import Busy
+from ._worker import reason_of
 
 __all__ = ["Handback"]
 
@@ -27,6 +31,7 @@ class Handback(Dispatcher):
     __slots__ = ()
 
     _name: str
+    _busy_timeout: float
 
     def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
         """Take back the unfinished tasks of batches whose loop is gone."""
@@ -78,6 +83,9 @@ class Handback(Dispatcher):
             counted = type(task) is Requeued
             if counted:
                 task = task.task
+            if is_ordered(type(task)):  # its tasks go to the head of the queue, in order
+                flatten_at_exit(self, task)
+                continue
             kind = kind_or_invalid(task)
             if not counted:
                 tally.take(kind)
@@ -88,14 +96,15 @@ class Handback(Dispatcher):
                     if base in EXIT_RUNNERS:
                         EXIT_RUNNERS[base](task, max(0.0, deadline - time.monotonic()))
                     elif base is RemoveTree:
-                        remove_tree_confined(task.path, self._roots)
+                        busy = min(self._busy_timeout, max(0.0, deadline - time.monotonic()))
+                        remove_tree_confined(task.path, self._roots, busy)
                     else:
                         job = UnlinkJob([task.path], self._roots)
                         job()
                         if job.errors:
                             raise job.errors[0][1]
-                except Refused as exc:
-                    self._fail(kind, task, "refused", exc)
+                except (Refused, Busy) as exc:
+                    self._fail(kind, task, reason_of(exc), exc)
                 except Exception as exc:  # OSError, or a subclass's path property that raised
                     self._fail(kind, task, "error", exc)
                 else:
@@ -103,6 +112,7 @@ class Handback(Dispatcher):
             else:
                 tally.drop_at_exit(kind)
                 dropped[kind] = dropped.get(kind, 0) + 1
+        FAILURES.flush()  # no loop will end the interval: say now what was left out
         if dropped:
             # Once per cleaner, not per task: at exit this line may be the only
             # trace, as no scrape may come before the process is gone.

@@ -2,10 +2,13 @@
 
 ``submit`` is a small callable over one list, ``hot``: what to call with a
 task (the queue's C-level ``append`` while the cleaner runs, the refusal
-counter otherwise), whether the dispatcher sleeps, and how to wake it. It
-counts nothing: ``submitted`` is derived from the queue by its single
-consumer (see ``Intake._submitted``), so no lock is taken and nothing
-re-entrant can deadlock.
+counter otherwise), whether the dispatcher sleeps, how to wake it, and,
+for a submit made by one of the cleaner's own cleanups (its context
+variable ``parent`` is set), what to call instead: ``follow``, which also
+tells drain() whose follow-up the task is. It counts nothing:
+``submitted`` is derived from the queue by its single consumer (see
+``Intake._items``), so no lock is taken and nothing re-entrant can
+deadlock.
 """
 
 from __future__ import annotations
@@ -15,18 +18,33 @@ import enum
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
+from ._order import InOrder
 from ._tally import Tally, count_value
 from ._tasks import CleanupTask, kind_or_invalid
 from ._unlink import COMPILED
 
 if COMPILED:
     from ._cbulk import submitter as compiled_submitter
+if TYPE_CHECKING:
+    from ._batch import Batch
 
-__all__ = ["IDLE", "PUT", "Intake", "State", "pure_submitter", "submitter"]
+__all__ = [
+    "FOLLOW",
+    "IDLE",
+    "PARENT",
+    "PUT",
+    "WAKE",
+    "Intake",
+    "State",
+    "pure_submitter",
+    "submitter",
+]
 
-PUT, IDLE = 0, 1  # slots of Intake._hot (both builds of submit spell them as literals)
+# Slots of Intake._hot (both builds of submit spell them as literals).
+PUT, IDLE, WAKE, PARENT, FOLLOW = 0, 1, 2, 3, 4
 
 
 def submitter(hot: list[Any]) -> Callable[[CleanupTask], None]:
@@ -43,7 +61,10 @@ def pure_submitter(hot: list[Any]) -> Callable[[CleanupTask], None]:
     # A plain function over one list: a method would cost a third more.
     # ``hot`` is a closure cell rather than a keyword-only default: CPython
     # specializes calls only to functions without keyword-only parameters,
-    # and the specialized call makes submit about a fifth cheaper.
+    # and the specialized call makes submit about a fifth cheaper. The
+    # context variable's get is taken once: a cleaner never replaces hot[3].
+    parent = hot[3].get
+
     def submit(task: CleanupTask) -> None:
         """Hand ``task`` over; it runs on the cleaner's loop.
 
@@ -51,11 +72,15 @@ def pure_submitter(hot: list[Any]) -> Callable[[CleanupTask], None]:
         callbacks, signal handlers and other threads. One C-level append to the
         queue (re-entrant, no lock) and one flag test; only when the dispatcher
         sleeps, one wakeup. Before ``init_worker()`` and after ``shutdown()`` the
-        task goes to the refusal counter instead.
+        task goes to the refusal counter instead. Submitted by a cleanup of the
+        same cleaner, it is one that drain() waits for if it waits for that cleanup.
         """
         # The compiled build's docstring (_cintake.c) says the same; a test compares them.
         try:
-            hot[0](task)
+            if parent(None) is None:
+                hot[0](task)
+            else:  # submitted by one of the cleaner's own cleanups
+                hot[4](task)
             if hot[1]:
                 hot[2]()
         except Exception:  # submit must never raise; only MemoryError could get here
@@ -74,8 +99,16 @@ class Intake:
     """The queue and its hand-off: the submit side and the consumer's bookkeeping."""
 
     __slots__ = (
-        "_hot", "_loop", "_queue", "_seq", "_state", "_taken", "_tally", "_waiter", "in_flight",
+        "_extra", "_extra_queued", "_hot", "_loop", "_parent", "_queue", "_seq", "_state", "_taken",
+        "_tally", "_waiter", "in_flight",
     )  # fmt: skip
+
+    # An InOrder is one item in the queue but counts as the n tasks it holds:
+    # ``_extra`` is the n - 1 each adds to ``submitted`` once first taken, and
+    # ``_extra_queued`` the part of it that an interrupted one, back in the
+    # queue, adds to ``queued`` (see ``_order``).
+    _extra: int
+    _extra_queued: int
 
     _hot: list[Any]
     _loop: asyncio.AbstractEventLoop | None
@@ -86,6 +119,42 @@ class Intake:
     _tally: Tally
     _waiter: asyncio.Future[None] | None  # the sleeping dispatcher waits on it
     in_flight: int
+    # Set by a batch worker to its batch, in its own context: a submit that
+    # sees it set comes from one of our cleanups (or a task it spawned).
+    _parent: ContextVar[Batch]
+
+    def _stopped_hot(self) -> list[Any]:
+        """``hot`` as it is while the cleaner is stopped: submits go to the refusal counter."""
+        if not hasattr(self, "_parent"):
+            self._parent = ContextVar(f"fastcleanup_parent_{id(self):x}")
+        return [self._refuse, False, self._wake, self._parent, self._follow]
+
+    def _follow(self, task: object) -> None:
+        """submit() of a task by one of our cleanups: queued, and owed by drains owing its parent.
+
+        Its sequence number is known to lie between the two reads of
+        ``_items()`` around the append (other threads may append too).
+        """
+        if self._state is not State.RUNNING:
+            self._refuse(task)
+            return
+        parent = self._parent.get()
+        first = self._items() + 1
+        self._queue.append(task)
+        last = self._items()
+        loop = self._loop
+        if loop is None:
+            return
+        if asyncio._get_running_loop() is loop:
+            self._owe(parent, first, last)
+        else:  # from a thread the cleanup started: drain()'s state is the loop's
+            try:
+                loop.call_soon_threadsafe(self._owe, parent, first, last)
+            except RuntimeError:
+                pass  # the loop is closed: no drain() waits on it
+
+    def _owe(self, parent: Batch, first: int, last: int) -> None:
+        raise NotImplementedError  # Accounts, the drain side, keeps the waiters
 
     def _wake(self) -> None:
         # Runs once per idle->busy transition, not per task: a burst wakes the
@@ -103,6 +172,10 @@ class Intake:
             waiter.set_result(None)
 
     def _refuse(self, task: object) -> None:
+        if type(task) is InOrder:  # counted as the tasks it holds
+            for t in task.tasks:
+                self._refuse(t)
+            return
         kind = kind_or_invalid(task)
         if self._state is State.EXITED:
             next(self._tally.exit_submitted)
@@ -112,24 +185,34 @@ class Intake:
             self._tally.drop_before_init(kind)
 
     def _submitted(self) -> int:
-        """Tasks accepted so far: those taken from the queue plus those still in it.
+        """Tasks accepted so far: the queue's items, and the extra tasks of InOrders."""
+        return self._items() + self._extra + count_value(self._tally.exit_submitted)
 
-        submit() counts nothing (a count per call would cost as much as the
-        rest of it); the queue's consumers keep ``_taken`` instead and bump
-        ``_seq`` around each move, so a reader in another thread retries
-        until it sees no move half done. Appends need no care: the value
-        read is exact for the moment the queue's length was read.
+    def _items(self) -> int:
+        """Items accepted so far: those taken from the queue plus those still in it.
+
+        It is also the sequence number of the last item accepted, which
+        drain() waits for. submit() counts nothing (a count per call would
+        cost as much as the rest of it); the queue's consumers keep
+        ``_taken`` instead and bump ``_seq`` around each move, so a reader in
+        another thread retries until it sees no move half done. Appends need
+        no care: the value read is exact for the moment the queue's length
+        was read.
         """
         for _ in range(100):
             seq = self._seq
             if not seq & 1:
                 value = self._taken + len(self._queue)
                 if self._seq == seq:
-                    return value + count_value(self._tally.exit_submitted)
+                    return value
             time.sleep(0)  # the consumer is mid-move in another thread: let it finish
         # Only a signal handler or finalizer interrupting the consumer on its
         # own thread gets here; its move cannot finish until we return.
-        return self._taken + len(self._queue) + count_value(self._tally.exit_submitted)
+        return self._taken + len(self._queue)
+
+    def _queued(self) -> int:
+        """Tasks waiting in the queue, an interrupted InOrder's counted as the tasks it has left."""
+        return len(self._queue) + self._extra_queued
 
     def _put_back(self, tasks: list[Any], taken: int, in_flight: int) -> None:
         """Return ``tasks`` to the head of the queue, with the counters as given."""

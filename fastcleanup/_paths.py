@@ -13,7 +13,7 @@ from array import array
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from ._tasks import remove_tree_sync
+from ._tree import remove_tree
 from ._unlink import SKIP, pure_unlinkat_many, unlinkat_many, use_compiled
 
 _PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
@@ -172,15 +172,9 @@ def split(path: str | bytes) -> tuple[str, str]:
     return parent, name
 
 
-def remove_tree_confined(path: str | bytes, roots: Roots | None) -> None:
-    if roots is None:
-        remove_tree_sync(path)
-        return
-    fd, name = roots.open_parent(path)
-    try:
-        remove_tree_sync(name, dir_fd=fd)
-    finally:
-        os.close(fd)
+def remove_tree_confined(path: str | bytes, roots: Roots | None, busy_timeout: float = 0.0) -> None:
+    """Remove the tree at ``path``, inside ``roots`` if given (see ``_tree.remove_tree``)."""
+    remove_tree(path, roots, busy_timeout)
 
 
 class FileJob(Protocol):

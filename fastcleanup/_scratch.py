@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import enum
+import errno
 import logging
 import os
 import threading
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 from . import _lifecycle
 from ._batch import EXIT_RUNNERS
 from ._paths import Roots, remove_tree_confined
-from ._sweep import Counter, close_fds, create, sweep_sync
+from ._sweep import Counter, close_fds, create, key_of, sweep_sync
 from ._tasks import current_executor
 
 if TYPE_CHECKING:
@@ -134,7 +135,9 @@ def sweep(base: str | os.PathLike[str], *, cleaner: Cleaner | None = None) -> No
 
     Sweeps now if the cleaner runs, else at its ``init_worker()``, and again
     at every later start. Only scratch directories whose owner is dead are
-    removed (see :class:`ScratchDir`); anything else under ``base`` stays.
+    removed (see :class:`ScratchDir`), once no other process uses them, and
+    so are those a dead owner's orphan (its browser, say) made again;
+    anything else under ``base`` stays.
 
     >>> fc.sweep("/var/tmp/crawler")
     >>> fc.init_worker()          # the sweep runs as a cleanup task, kind "sweep"
@@ -173,10 +176,17 @@ class ScratchDir:
     ``base`` with ``cleaner`` (default: the default cleaner), so its
     ``init_worker()`` sweeps it; made after the start, it sweeps at once.
 
-    >>> scratch = fc.ScratchDir("/var/tmp/crawler")   # base is created if missing
+    >>> scratch = fc.ScratchDir("/var/tmp/crawler")   # base made if missing; /var/tmp must exist
     >>> fc.init_worker()                              # removes dead processes' directories
     >>> tmp = scratch.temp_file(suffix=".html")       # a fc.TempFile inside it
     >>> out = fc.StagingFile(dest, dir=scratch)       # staged inside it, renamed onto dest
+
+    Its name is short (``fc-<pid>-<token>``, 13 bytes at most) so that a
+    browser's unix socket fits below it: with a 40-byte base, the path
+    ``<base>/<scratch>/<context>/.org.chromium.Chromium.XXXXXX/SingletonSocket``
+    leaves 6 bytes for ``<context>`` within the 107 a socket path may take.
+    ``base`` itself is made if missing, but not its parent (FileNotFoundError):
+    a mistyped path does not become a new tree.
 
     It is an ``os.PathLike``, so ``fc.TempFile(dir=scratch)`` and
     ``open(scratch.path / "x", "w")`` work too. After ``fork()`` the child
@@ -198,10 +208,20 @@ class ScratchDir:
     def __init__(self, base: str | os.PathLike[str], *, cleaner: Cleaner | None = None) -> None:
         raw = _check_base(base, "ScratchDir")
         self._cleaner = _resolve(cleaner)
+        # Only the last component is made: a mistyped base must not quietly
+        # become a new tree wherever the typo points.
         try:
-            os.makedirs(raw, mode=0o700, exist_ok=True)
+            os.mkdir(raw, 0o700)
         except FileExistsError:
-            raise ValueError(f"ScratchDir base {raw!r} exists and is no directory") from None
+            if not os.path.isdir(raw):
+                raise ValueError(f"ScratchDir base {raw!r} exists and is no directory") from None
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                errno.ENOENT,
+                "ScratchDir makes its base but not the base's parent, which does not exist: "
+                "create it first",
+                os.path.dirname(os.path.abspath(raw)),
+            ) from None
         self._base = os.path.realpath(raw)
         self._mutex = threading.Lock()
         self._state = _State.UNMADE
@@ -236,7 +256,7 @@ class ScratchDir:
                     name, self._lock_fd = create(base_fd, os.getpid())
                 finally:
                     os.close(base_fd)
-                self._token = name.rsplit("-", 1)[1]
+                self._token = key_of(name)
                 self._path = Path(self._base, name)
                 self._state = _State.HELD
             return self._path

@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import shutil
-import stat
-import sys
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from contextvars import ContextVar
@@ -23,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, runtime_checkab
 
 import aiofiles.os
 
-from . import _unlink
+from . import _tree, _unlink
 
 __all__ = [
     "INVALID",
@@ -136,6 +133,9 @@ class RemoveTree:
 
     A path that is itself a symlink loses the link only; a tree already gone
     counts as completed; a path that is a file fails with NotADirectoryError.
+    The walk goes on past entries it cannot remove and then fails naming
+    them; a tree still there after it (a live writer) is walked again for
+    up to the cleaner's ``busy_timeout``, then fails as ``Busy``.
 
     >>> fc.submit(fc.RemoveTree(profile_dir))
     """
@@ -149,8 +149,17 @@ class RemoveTree:
         # the spellings that are always a mistake.
         raw = os.fsdecode(self.path)
         last = os.path.basename(raw.rstrip(os.sep))
-        if os.path.normpath(raw) in (".", "..", os.sep, "//") or last in ("..", "."):
-            raise ValueError(f"RemoveTree refuses {self.path!r}: name the directory itself")
+        norm = os.path.normpath(raw)
+        if norm in (os.sep, "//"):
+            raise ValueError(
+                f"RemoveTree refuses to remove the root directory {self.path!r}: "
+                "name the directory to remove"
+            )
+        if norm in (".", "..") or last in ("..", "."):
+            raise ValueError(
+                f"RemoveTree refuses {self.path!r}: it names the working directory or a "
+                "parent; name the directory itself"
+            )
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -160,43 +169,9 @@ class RemoveTree:
         return f"RemoveTree({self.path!r})"
 
 
-def remove_tree_sync(path: str | bytes, dir_fd: int | None = None) -> None:
-    """Remove ``path`` (relative to ``dir_fd`` when given) like ``rm -r``, safely.
-
-    ``shutil.rmtree`` walks by file descriptor on Linux, so a directory
-    swapped for a symlink mid-walk is unlinked, never followed.
-    """
-    try:
-        st = os.lstat(path, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(st.st_mode):
-        _unlink_missing_ok(path, dir_fd)
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        raise NotADirectoryError(f"RemoveTree: not a directory: {path!r}")
-    # An entry that vanishes mid-walk (someone else removed it) is not an
-    # error: the walk goes on, instead of leaving the rest of the tree.
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, dir_fd=dir_fd, onexc=_vanished_ok)
-    else:
-        shutil.rmtree(path, dir_fd=dir_fd, onerror=_vanished_ok_info)
-
-
-def _vanished_ok(func: object, path: object, exc: BaseException) -> None:
-    if not isinstance(exc, FileNotFoundError):
-        raise exc
-
-
-def _vanished_ok_info(func: object, path: object, info: tuple[type, BaseException, object]) -> None:
-    _vanished_ok(func, path, info[1])
-
-
-def _unlink_missing_ok(path: str | bytes, dir_fd: int | None) -> None:
-    try:
-        os.unlink(path, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
+def remove_tree_sync(path: str | bytes) -> None:
+    """Remove the tree at ``path`` in this thread (``RemoveTree.run``'s work), unconfined."""
+    _tree.remove_tree(path, None, _tree.DEFAULT_BUSY_TIMEOUT)
 
 
 class AClose:

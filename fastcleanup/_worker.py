@@ -13,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Collection
-from typing import Any
+from typing import Any, Final
 
 from ._accounts import Accounts, logger, safe_repr
 from ._batch import DONE, Batch, InProgress, classify, paths_of, plain_removal, split
 from ._executor import DaemonExecutor
 from ._lane import FileLane, LaneJob
-from ._paths import FileJob, Refused, UnlinkJob, remove_tree_confined
+from ._order import is_ordered, run_ordered
+from ._paths import FileJob, Refused, UnlinkJob
 from ._tasks import INVALID, KINDS, Call, RemoveFile, RemoveTree, current_executor, kind_or_invalid
+from ._tree import Busy, TreeLane
 from ._unlink import use_compiled
 
 __all__ = ["BatchWorker"]
@@ -33,6 +35,7 @@ class BatchWorker(Accounts):
 
     _executor: DaemonExecutor | None
     _lane: FileLane | None  # the compiled file lane, when the C module is built
+    _trees: TreeLane | None  # the tree walks, from init_worker() on
 
     async def _work(self, batch: Batch) -> None:
         if batch.abandoned:  # taken back before this worker got to start
@@ -41,6 +44,7 @@ class BatchWorker(Accounts):
         children: list[asyncio.Task[None]] = []
         timer = None
         current_executor.set(self._executor)
+        self._parent.set(batch)  # what our cleanups submit, drain() waits for with them
         try:
             async with asyncio.TaskGroup() as tg:
                 retaken, kind = ((), batch.kind) if batch.kind else classify(tasks)
@@ -98,6 +102,9 @@ class BatchWorker(Accounts):
         for i in others:
             task = tasks[i]
             cls = type(task)
+            if is_ordered(cls):  # counted as its tasks, each with its own timeout
+                tg.create_task(run_ordered(self, batch, i, task))
+                continue
             try:
                 kind = KINDS.get(cls) or kind_or_invalid(task)
                 is_file = plain_removal(cls) is RemoveFile
@@ -141,9 +148,7 @@ class BatchWorker(Accounts):
             if cls is Call:  # skip one coroutine frame on the commonest custom cleanup
                 await task._call()
             elif plain_removal(cls) is RemoveTree:
-                await batch.loop.run_in_executor(
-                    self._executor, remove_tree_confined, task.path, self._roots
-                )
+                await self._trees.remove(task.path)  # type: ignore[union-attr]
             else:
                 if self._roots is not None and issubclass(cls, RemoveFile | RemoveTree):
                     # A path task with a run() of its own: still confined.
@@ -274,5 +279,13 @@ def expire(batch: Batch, children: list[asyncio.Task[None]]) -> None:
             child.cancel()
 
 
+# The reason label of fastcleanup_failed_total: the metrics' HELP, the dashboard
+# and the alert rules explain each one.
+REASONS: Final = ("error", "timeout", "invalid", "refused", "busy")
+
+
 def reason_of(exc: BaseException) -> str:
-    return "refused" if isinstance(exc, Refused) else "error"
+    """The ``reason`` label of a cleanup that raised ``exc``."""
+    if isinstance(exc, Refused):
+        return "refused"
+    return "busy" if isinstance(exc, Busy) else "error"

@@ -20,6 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import fastcleanup as fc
+from fastcleanup import _log
 
 try:
     import uvloop
@@ -71,6 +72,12 @@ def scratch(tmp_path: Path) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_failure_log() -> None:
+    """Each test starts with the whole budget of failure lines (see fastcleanup._log)."""
+    _log.FAILURES.reset()
 
 
 @pytest.fixture

@@ -6,9 +6,12 @@
     scratch_child.py race BASE ROUNDS       # starts, abandons and sweeps; prints a JSON summary
     scratch_child.py abandon BASE N         # N forked children each make one and die; prints done
     scratch_child.py sweeper BASE           # sweeps until BASE/stop exists; prints a JSON summary
+    scratch_child.py orphan BASE HOLD       # starts a writer in a session of its own, then waits
+    scratch_child.py writer DIR HOLD        # writes into DIR until killed, making it again if gone
 
-Each prints ``ready <path>`` (``fork``: ``parent <path>`` and ``child <path>``)
-on stdout once its directory holds what it should.
+Each prints ``ready <path>`` (``fork``: ``parent <path>`` and ``child <path>``;
+``orphan``: ``ready <path> <writer pid>``) on stdout once its directory holds
+what it should.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import fastcleanup as fc
@@ -135,6 +140,49 @@ def sweeper(base: str) -> None:
     print(json.dumps({"swept": swept, "errors": errors, "sweeps": sweeps}), flush=True)
 
 
+def orphan(base: str, hold: str) -> None:
+    """A crawler whose browser outlives it: the writer runs in a session of its own."""
+    scratch = fc.ScratchDir(base)
+    writer = subprocess.Popen(
+        [sys.executable, __file__, "writer", str(scratch.path / "profile"), hold],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+    )
+    assert writer.stdout is not None
+    assert writer.stdout.readline() == b"writing\n"
+    writer.stdout.close()
+    print("ready", scratch.path, writer.pid, flush=True)
+    sys.stdin.read()
+
+
+def writer(profile: str, hold: str) -> None:
+    """Write into ``profile`` as a browser does, until killed; make it again if it goes.
+
+    ``hold`` "1": one file kept open (a log, a database); "0": files opened,
+    written and closed each time.
+    """
+    held = None
+    n = 0
+    while True:
+        try:
+            os.makedirs(profile, exist_ok=True)
+            if hold == "1":
+                if held is None or os.fstat(held.fileno()).st_nlink == 0:
+                    held = open(os.path.join(profile, "log"), "a")  # noqa: SIM115
+                held.write("x")
+                held.flush()
+            else:
+                with open(os.path.join(profile, f"page{n % 8}"), "w") as f:
+                    f.write("x")
+        except OSError:
+            pass  # removed under us mid-write: made again next time
+        if n == 0:
+            print("writing", flush=True)
+        n += 1
+        time.sleep(0.005)
+
+
 def main() -> None:
     mode, base, *rest = sys.argv[1:]
     if mode == "burst":  # on the loop the test runs on: "asyncio" or "uvloop"
@@ -148,6 +196,10 @@ def main() -> None:
         abandon(base, int(rest[0]))
     elif mode == "sweeper":
         sweeper(base)
+    elif mode == "orphan":
+        orphan(base, rest[0])
+    elif mode == "writer":
+        writer(base, rest[0])
     elif mode == "race":
         race(base, int(rest[0]))
     else:

@@ -464,3 +464,21 @@ def test_bench_help_lists_every_option_readme_names() -> None:
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", section))
     assert {"--files", "--slow-files", "--quick", "--plot"} <= named  # the section was found
     assert named - set(options) == set()
+
+
+def test_the_trees_scenario_removes_every_tree_and_prints_its_targets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.trees import RM_RF, RMTREE_LOOP, TREES_OURS, compare_trees
+
+    rows = compare_trees([RM_RF, RMTREE_LOOP, TREES_OURS], 4, 1, parent=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # every tree went (a leftover raises), and its dir
+    assert {m.items for m in rows.values()} == {4}
+    report = bench_cli.Report({}, {}, [], None, trees={bench_cli.TREES_TMPFS: rows})
+    bench_cli.render(report, io.StringIO(), calls=0, repeat=1)
+    lines = [t.line() for t in bench_cli.targets(report)]
+    for base in (RM_RF, RMTREE_LOOP):
+        assert any(
+            re.search(rf"\] trees on tmpfs, 4 trees: .* vs {base}: [0-9.]+x", x) for x in lines
+        )
+    assert sum("loop stall" in x for x in lines) == 2, lines

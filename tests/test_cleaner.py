@@ -19,7 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 import pytest
 
 import fastcleanup as fc
-from fastcleanup import _lane, _unlink
+from fastcleanup import _lane, _tree, _unlink
 from fastcleanup._intake import IDLE
 from fastcleanup._paths import Roots
 from tests.helpers import assert_conserved, make_files
@@ -262,11 +262,11 @@ async def test_removals_run_on_the_cleaner_s_own_daemon_threads(
     default = RecordingExecutor()
     asyncio.get_running_loop().set_default_executor(default)
     ran_on: defaultdict[str, set[threading.Thread]] = defaultdict(set)
-    real_unlink, real_rmdir, real_check = os.unlink, os.rmdir, Roots.check
+    real_unlink, real_walker, real_check = os.unlink, _tree._walker, Roots.check
 
-    def rmdir(path: Any, *, dir_fd: int | None = None) -> None:
+    def walker() -> Callable[..., Any]:  # the tree walk (in C, or its twin) starts here
         ran_on["tree"].add(threading.current_thread())
-        real_rmdir(path, dir_fd=dir_fd)
+        return real_walker()
 
     def check(self: Roots, path: str | bytes) -> None:
         ran_on["check"].add(threading.current_thread())
@@ -283,7 +283,7 @@ async def test_removals_run_on_the_cleaner_s_own_daemon_threads(
         lane_jobs.append(len(job.paths))
         real_start(lane, job, fut)
 
-    monkeypatch.setattr(os, "rmdir", rmdir)
+    monkeypatch.setattr(_tree, "_walker", walker)
     monkeypatch.setattr(Roots, "check", check)
     monkeypatch.setattr(_lane.FileLane, "start", start)
     if files_on == "lane":

@@ -6,6 +6,7 @@ import importlib.util
 import ipaddress
 import json
 import math
+import os
 import re
 import urllib.parse
 from pathlib import Path
@@ -58,12 +59,20 @@ def test_demo_in_process_leaks_nothing(
     pages, timeout = 40, 0.5
     code, summary = run_demo(
         tmp_path, "--pages", str(pages), "--slow-rate", "0.2", "--timeout", str(timeout),
-        "--loop", loop_kind,
+        "--loop", loop_kind, "--browser", "stand-in",
     )  # fmt: skip
     printed = capsys.readouterr()
 
     assert code == 0, printed.out
     assert summary["loop"] == loop_kind
+    assert "\nbrowser: stand-in\n" in printed.out
+    assert summary["browser"] == {
+        "name": "stand-in",
+        "profiles_made": 4,
+        "profiles_removed": 4,
+        "processes_left": 0,
+        "leftovers": 0,
+    }
     assert summary["leak_check"] == {"ok": True, "leftovers": [], "damaged": []}
     assert summary["conservation"]["ok"]
     assert not Path(summary["scratch"]).exists()  # the default scratch dir is removed
@@ -109,7 +118,7 @@ def test_demo_leak_check_catches_a_file_nobody_removes(
     scratch = tmp_path / "scratch"
     code, summary = run_demo(
         tmp_path, "--pages", "20", "--slow-rate", "0", "--leak", "2", "--keep",
-        "--scratch", str(scratch),
+        "--scratch", str(scratch), "--browser", "stand-in",
     )  # fmt: skip
     printed = capsys.readouterr().out
 
@@ -126,7 +135,9 @@ def test_demo_as_a_subprocess(tmp_path: Path) -> None:
     """What README's "Two commands" says of a demo run with no options but its size."""
     out = tmp_path / "summary.json"
     pages = 30
-    proc = run_module("examples.demo", "--pages", str(pages), "--json", str(out))
+    proc = run_module(
+        "examples.demo", "--pages", str(pages), "--json", str(out), "--browser", "stand-in"
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(out.read_text())
     assert summary["leak_check"]["ok"]
@@ -175,7 +186,9 @@ def test_demo_as_a_subprocess(tmp_path: Path) -> None:
 
 def test_demo_as_a_subprocess_exits_1_on_a_leak() -> None:
     """README: "exit status 1 if anything leaked"; the leaked file goes with the scratch dir."""
-    proc = run_module("examples.demo", "--pages", "10", "--slow-rate", "0", "--leak", "1")
+    proc = run_module(
+        "examples.demo", "--pages", "10", "--slow-rate", "0", "--leak", "1", "--browser", "stand-in"
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert re.search(r"^  leak check +LEAK +1 stray files", proc.stdout, re.M), proc.stdout
 
@@ -246,3 +259,53 @@ def test_quantile_bound_is_the_upper_edge_of_the_bucket() -> None:
     assert quantile_bound(buckets, 1.0) == 0.005
     assert quantile_bound([(0.001, 0.0), (math.inf, 0.0)], 0.5) is None
     assert quantile_bound([], 0.5) is None
+
+
+def chromium_label() -> str:
+    """What the demo's default run names its browser; skips where it is the stand-in."""
+    from examples.demo.browser_choice import STAND_IN, choose
+
+    probe = _parser().parse_args([])
+    choose(probe)
+    if probe.browser_label == STAND_IN:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the demo in Chromium: Playwright or Chromium is missing")
+        pytest.skip("Playwright or a Chromium is not installed")
+    label: str = probe.browser_label
+    return label
+
+
+def test_demo_in_chromium_leaves_no_profile_and_no_browser(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default run drives a real Chromium where Playwright and one are installed."""
+    label = chromium_label()
+    code, summary = run_demo(tmp_path, "--pages", "20", "--slow-rate", "0")
+    printed = capsys.readouterr().out
+
+    assert code == 0, printed
+    assert re.search(r"^browser: chromium \d+ \(playwright \d+\.\d+\)$", printed, re.M)
+    b = summary["browser"]
+    assert b["name"] == label
+    assert b["profiles_made"] == b["profiles_removed"] == 2  # a profile per site of 10 pages
+    assert b["processes_left"] == b["leftovers"] == 0
+    assert summary["pages"]["ok"] > 0
+    c = summary["cleanup"]
+    # Each profile went through InOrder(wait for the browser's exit, RemoveTree).
+    assert c["completed_by_kind"]["remove_tree"] >= 2
+    assert c["failed"] == 0
+    assert summary["conservation"]["ok"]
+    assert_metrics_agree(summary)
+
+
+def test_demo_kill_shows_the_next_start_sweeping_a_killed_crawler() -> None:
+    chromium_label()
+    proc = run_module("examples.demo", "--kill")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    left = re.search(r"^  left +(\d+) directories, (\d+) files in ", out, re.M)
+    assert left is not None, out
+    assert int(left[2]) > 0  # the killed crawler did leave files: the sweep had work
+    assert re.search(r"^  swept +1 scratch directories of dead processes", out, re.M), out
+    assert re.search(r"^  after +0 directories, 0 files .*browser processes left: 0$", out, re.M)
+    assert out.rstrip().endswith("leftovers 0: ok")

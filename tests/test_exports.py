@@ -8,9 +8,9 @@ import fastcleanup as fc
 
 def test_public_names_are_pinned() -> None:
     assert sorted(fc.__all__) == [
-        "AClose", "Call", "Cleaner", "CleanupTask", "RemoveFile", "RemoveTree", "ScratchDir",
-        "StagingFile", "Stats", "TempFile", "drain", "init_worker", "metrics", "on_collect", "run",
-        "shutdown", "stats", "submit", "sweep", "worker_inited",
+        "AClose", "Call", "Cleaner", "CleanupTask", "InOrder", "RemoveFile", "RemoveTree",
+        "ScratchDir", "StagingFile", "Stats", "TempFile", "configure", "drain", "init_worker",
+        "metrics", "on_collect", "run", "shutdown", "stats", "submit", "sweep", "worker_inited",
     ]  # fmt: skip
     for name in fc.__all__:
         assert getattr(fc, name) is not None

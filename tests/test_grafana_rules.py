@@ -51,6 +51,7 @@ ALERT_NAMES = frozenset(
         "FastcleanupDroppedBeforeInit",
         "FastcleanupDroppedAtExit",
         "FastcleanupSweptLeftovers",
+        "FastcleanupTreesBusy",
     }
 )
 
@@ -144,6 +145,14 @@ MUTATIONS = {
         "                  fastcleanup_dropped_before_init_total\n",
     ),
     "drops at exit with another severity": ("severity: info", "severity: warning"),
+    "busy trees missed when the series is new": (
+        '                  fastcleanup_failed_total{reason="busy"} offset 15m\n',
+        '                  fastcleanup_failed_total{reason="busy"}\n',
+    ),
+    "busy trees counted with every reason": (
+        '              increase(fastcleanup_failed_total{reason="busy"}[15m])\n',
+        "              increase(fastcleanup_failed_total[15m])\n",
+    ),
     "swept leftovers missed when the series is new": (
         '                  fastcleanup_swept_total{type="directory"} offset 1h\n',
         '                  fastcleanup_swept_total{type="directory"}\n',
@@ -311,3 +320,17 @@ def test_provisioned_datasource_is_the_dashboard_default() -> None:
     assert _variables()["datasource"]["current"]["value"] == uid.group(1)
     provider = DASHBOARD_PROVISIONING.read_text(encoding="utf-8")
     assert re.search(r"^\s*path:\s*/etc/grafana/fastcleanup\s*$", provider, re.MULTILINE)
+
+
+def test_every_failure_reason_is_explained_wherever_reasons_are_listed() -> None:
+    """The HELP text, the failure panel and the failure-ratio alert name each reason."""
+    from fastcleanup._export import _HELP
+    from fastcleanup._worker import REASONS
+
+    assert set(REASONS) == {"error", "timeout", "invalid", "refused", "busy"}
+    (panel,) = [p for p in _panels() if p.get("title") == "Failure rate by task and reason"]
+    ratio = _alert_blocks()["FastcleanupFailureRatioHigh"]
+    for reason in REASONS:
+        assert f"{reason} (" in _HELP["failed"], reason
+        assert f"{reason}: " in panel["description"], reason
+        assert f'"{reason}"' in ratio, reason

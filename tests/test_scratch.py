@@ -13,9 +13,12 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -113,7 +116,10 @@ def files_in(tree: Path) -> int:
 
 def swept(registry: CollectorRegistry, cleaner: fc.Cleaner, what: str) -> float:
     labels = {"cleaner": cleaner.name, "type": what}
-    return registry.get_sample_value("fastcleanup_swept_total", labels) or 0.0
+    value = registry.get_sample_value("fastcleanup_swept_total", labels) or 0.0
+    if what == "directory":  # Stats.swept is the metric's directory count
+        assert cleaner.stats().swept == value
+    return value
 
 
 def decoys(base: Path, outside: Path) -> list[Path]:
@@ -540,9 +546,9 @@ def test_a_sweep_during_creation_leaves_the_new_directory_to_its_creator(
     monkeypatch.setattr(os, "open", sweep_then_open)
     with fc.ScratchDir(scratch) as s:
         monkeypatch.undo()
-        assert len(made) == 1 and made[0].startswith(".fastcleanup-new-")
+        assert len(made) == 1 and made[0].startswith(".fc-new-")
         assert swept == []  # left to its creator, whose first attempt won
-        assert s.path.name == made[0].replace(".fastcleanup-new-", "fastcleanup-")
+        assert s.path.name == made[0].replace(".fc-new-", "fc-")
         assert _sweep(scratch) == []  # and once in use, its lock keeps it
     assert scratch_dirs(scratch) == []
 
@@ -571,7 +577,7 @@ async def test_scratch_dir_files_go_through_its_cleaner_and_close_removes_it(
     cleaner = make_cleaner()
     cleaner.init_worker()
     s = fc.ScratchDir(scratch / "base", cleaner=cleaner)  # after the start: sweeps at once
-    assert re.fullmatch(r"<ScratchDir '.*/fastcleanup-\d+-[0-9a-f]{16}' held>", repr(s))
+    assert re.fullmatch(r"<ScratchDir '.*/fc-[0-9a-z]+-[0-9a-z]{4}' held>", repr(s))
     assert s.path.parent == Path(s.base) and os.fspath(s) == str(s.path)
     tmp = s.temp_file(suffix=".html")
     other = fc.TempFile(dir=s, cleaner=cleaner)
@@ -710,3 +716,150 @@ def test_readme_example_runs(scratch: Path) -> None:
     assert not leftover.exists()
     assert scratch_dirs(base) == []
     assert (pages / "page.html").read_bytes() == b"<html>"
+
+
+# -- orphans: a dead owner's browser that lives on -------------------------------
+
+
+def wait_for(done: Callable[[], bool], what: str) -> None:
+    """Poll ``done`` (a state of the file system or of /proc) until it holds."""
+    deadline = time.monotonic() + TIMEOUT
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def has_no_fds(pid: int) -> bool:
+    try:
+        return os.listdir(f"/proc/{pid}/fd") == []  # a zombie has none
+    except OSError:
+        return True
+
+
+def kill_writer(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    wait_for(lambda: has_no_fds(pid), "the writer to die")
+
+
+@pytest.mark.parametrize("hold", ["1", "0"], ids=["holds-a-file", "reopens-files"])
+def test_an_orphan_s_directory_is_swept_once_the_orphan_is_gone(
+    scratch: Path, children: Callable[..., Child], monkeypatch: pytest.MonkeyPatch, hold: str
+) -> None:
+    """The owner is SIGKILLed, its browser writes on; what it recreates goes after it dies."""
+    monkeypatch.setattr(protocol, "GRACE", 0.0)  # else a later sweep, a minute on
+    base = scratch / "base"
+    base.mkdir()
+    owner = children("orphan", base, hold)
+    _, path, pid = owner.line().split()
+    directory, writer = Path(path), int(pid)
+    try:
+        owner.kill()
+        if hold == "1":  # the owner is dead, but a process still works in its directory
+            assert _sweep(base) == [] and (directory / "profile" / "log").exists()
+        # What an earlier sweep (or version 0.1) did: remove it under the writer.
+        shutil.rmtree(directory, ignore_errors=True)
+        wait_for(lambda: (directory / "profile").is_dir(), "the writer to make it again")
+        assert not (directory / protocol.LOCK).exists()
+        if hold == "1":
+            assert _sweep(base) == [] and directory.is_dir()  # still in use
+    finally:
+        kill_writer(writer)
+    assert _sweep(base) == [directory.name]
+    assert os.listdir(base) == []
+
+
+def test_a_live_owner_s_directory_recreated_without_its_lock_is_kept(
+    scratch: Path, children: Callable[..., Child], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(protocol, "GRACE", 0.0)
+    base = scratch / "base"
+    base.mkdir()
+    owner = children("orphan", base, "0")
+    _, path, pid = owner.line().split()
+    directory = Path(path)
+    try:
+        shutil.rmtree(directory, ignore_errors=True)  # by someone else, while the owner lives
+        wait_for(lambda: (directory / "profile").is_dir(), "the writer to make it again")
+    finally:
+        kill_writer(int(pid))  # nothing uses it now, but its owner lives
+    assert _sweep(base) == [] and directory.is_dir()
+    owner.end()  # a normal end removes it
+    assert os.listdir(base) == []
+
+
+def test_a_lockless_name_is_proven_dead_by_its_pid_and_start_time(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ours and alive (pid and start time match) is kept; the same pid started at another
+    time (a reused pid) and a pid with no process are swept; a long name is never taken."""
+    monkeypatch.setattr(protocol, "GRACE", 0.0)
+    me = os.getpid()
+    stamp = protocol._stamp(me)
+    assert stamp is not None and len(stamp) == 2
+    other = protocol._base36((int(stamp, 36) + 1) % 36**2).rjust(2, "0")
+    free = next(p for p in range(4_000_000, 4_194_304) if not os.path.exists(f"/proc/{p}"))
+    names = {
+        "alive": f"fc-{protocol._base36(me)}-{stamp}zz",
+        "reused": f"fc-{protocol._base36(me)}-{other}zz",
+        "gone": f"fc-{protocol._base36(free)}-00zz",
+        "long": f"fastcleanup-{free}-{'0' * 16}",
+    }
+    for name in names.values():
+        (scratch / name / "sub").mkdir(parents=True)
+    assert sorted(_sweep(scratch)) == sorted([names["reused"], names["gone"]])
+    assert sorted(os.listdir(scratch)) == sorted([names["alive"], names["long"]])
+    # Changed within GRACE: left for a later sweep, whatever its pid says.
+    monkeypatch.setattr(protocol, "GRACE", 60.0)
+    (scratch / names["reused"]).mkdir()
+    assert _sweep(scratch) == []
+
+
+# -- short names ------------------------------------------------------------------
+
+SOCKET_DIR = ".org.chromium.Chromium.XXXXXX"  # Chromium's mkdtemp template under TMPDIR
+
+
+def test_short_names_leave_room_for_a_browser_socket_under_a_40_byte_base(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The budget README states: with a 40-byte base, 6 bytes are left for a context name."""
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    longest = f"fc-{protocol._base36(max(pid_max, 2**22))}-zzzz"
+    assert len(longest) == protocol.NAME_MAX == 13
+    fixed = len("/".join(["b" * 40, longest, "", SOCKET_DIR, "SingletonSocket"]))
+    assert protocol.SOCKET_BUDGET - fixed == 6  # the context name's room
+    # The same path for real: a 40-byte base, a real scratch directory, a 6-byte context.
+    top = Path(tempfile.mkdtemp(prefix="fc-", dir="/tmp"))
+    try:
+        base = top / ("b" * (40 - len(str(top)) - 1))
+        assert len(str(base)) == 40
+        with fc.ScratchDir(base) as s:
+            assert len(s.path.name) <= protocol.NAME_MAX
+            sockets = s.path / "ctx-01" / SOCKET_DIR
+            sockets.mkdir(parents=True)
+            sock = socket.socket(socket.AF_UNIX)
+            try:
+                path = str(sockets / "SingletonSocket")
+                # Our pid's name is as long as the longest only on a machine with big pids.
+                assert len(path) <= protocol.SOCKET_BUDGET
+                sock.bind(path)
+            finally:
+                sock.close()
+            long_name = base / f"fastcleanup-{pid_max}-{'0' * 16}"  # version 0.1's name
+            too_long = long_name / "ctx-01" / SOCKET_DIR / "SingletonSocket"
+            assert len(str(too_long)) > protocol.SOCKET_BUDGET
+    finally:
+        shutil.rmtree(top)
+
+
+def test_scratch_dir_makes_its_base_but_not_a_missing_parent(scratch: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="create it first") as info:
+        fc.ScratchDir(scratch / "typo" / "base")
+    assert info.value.filename == str(scratch / "typo")
+    assert not (scratch / "typo").exists()
+    with fc.ScratchDir(scratch / "base") as s:
+        assert s.base == str(scratch / "base")
+        assert (scratch / "base").stat().st_mode & 0o777 == 0o700

@@ -33,7 +33,8 @@ both_builds = pytest.mark.parametrize(
         (lambda: fc.RemoveFile(b"a\0b"), ValueError, "NUL byte"),
         (lambda: fc.RemoveTree(["/tmp"]), TypeError, "got list"),  # type: ignore[arg-type]
         (lambda: fc.RemoveTree(Path("")), ValueError, "refuses"),  # Path("") is "."
-        (lambda: fc.RemoveTree("/"), ValueError, "refuses"),
+        (lambda: fc.RemoveTree("/"), ValueError, "refuses to remove the root directory '/'"),
+        (lambda: fc.RemoveTree("//"), ValueError, "the root directory"),
         (lambda: fc.RemoveTree("/tmp/x/.."), ValueError, "refuses"),
         (lambda: fc.AClose(object()), TypeError, "aclose"),
         (lambda: fc.Call(42), TypeError, "callable"),  # type: ignore[arg-type]

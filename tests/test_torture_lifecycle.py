@@ -523,10 +523,11 @@ def test_exit_with_pending_work(scratch: Path, kind: str) -> None:
         "dropped_at_exit": 32,  # 30 calls, the own run() and the late one
         "queued": 0,
         "in_flight": 0,
+        "swept": 0,
     }
     # Failures at exit are logged as in the loop (logging's last resort writes to stderr).
-    assert "fastcleanup: invalid 'not a task' failed (invalid)" in err, err
-    assert re.search(r"fastcleanup: remove_tree RemoveTree\('.*/not-a-dir'\) failed \(error\)", err)
+    assert "invalid 'not a task' failed (invalid)" in err, err
+    assert re.search(r"remove_tree RemoveTree\('.*/not-a-dir'\) failed \(error\)", err)
     # What could not run is named once, by kind.
     summary = "cleaner default dropped 31 queued task(s) at exit, unrun: call 30, remove_file 1"
     assert f"fastcleanup: {summary}" in err, err
@@ -565,7 +566,7 @@ def test_scratch_dir_closed_while_running_is_removed_at_exit(scratch: Path, kind
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     # The directory was still there when the loop ended: its removal was pending.
-    assert "LEFT ['fastcleanup-" in out, out + err
+    assert "LEFT ['fc-" in out, out + err
     assert os.listdir(base) == [], out
     assert sorted(os.listdir(scratch)) == ["base"]
     assert child_stats(out) == {
@@ -576,6 +577,7 @@ def test_scratch_dir_closed_while_running_is_removed_at_exit(scratch: Path, kind
         "dropped_at_exit": 0,
         "queued": 0,
         "in_flight": 0,
+        "swept": 0,
     }
 
 
@@ -640,6 +642,7 @@ def test_exit_counts_removals_that_fail_as_failed(scratch: Path, kind: str) -> N
         "dropped_at_exit": 0,
         "queued": 0,
         "in_flight": 0,
+        "swept": 0,
     }
     reasons = json.loads(out.split("REASONS ")[1].splitlines()[0])
     assert reasons == [

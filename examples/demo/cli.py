@@ -1,12 +1,14 @@
 """``python -m examples.demo``: crawl a local test site and show fastcleanup at work.
 
 A child process serves pages that load, break off mid-body, or trickle in
-(:mod:`.site`); a crawler on uvloop fetches them site by site
-(:mod:`.crawl`), leaving every removal to guards; a 1 ms ticker
+(:mod:`.site`); a crawler on uvloop fetches them site by site in Chromium
+when Playwright and a Chromium are installed, else with a stand-in
+(:mod:`.crawl`), leaving every removal to the cleaner; a 1 ms ticker
 measures how late the loop runs; ``/metrics`` is served on 127.0.0.1
 throughout. The demo ends with ``shutdown()``, a conservation check of
-``stats()``, a leak check of its scratch directory and a table
-(:mod:`.report`); it exits 1 if anything leaked.
+``stats()``, a leak check of its scratch directory and of browser
+processes, and a table (:mod:`.report`); it exits 1 if anything leaked.
+``--kill`` shows a crawler SIGKILLed mid-crawl instead (:mod:`.kill`).
 
 The demo runs its own ``Cleaner(name="demo")`` on a fresh registry rather
 than the default cleaner: its counters then start at zero and count only
@@ -39,6 +41,8 @@ from typing import TYPE_CHECKING, Any
 import fastcleanup as fc
 
 if TYPE_CHECKING:
+    from fastcleanup.playwright import Browsers
+
     from .crawl import Crawl
 
 __all__ = ["main"]
@@ -54,8 +58,18 @@ def _parser() -> argparse.ArgumentParser:
         description="Crawl a local test site and show fastcleanup at work: every temp file, "
         "partial download and browser profile is removed in the background by guards.",
     )
-    ap.add_argument("--pages", type=int, default=500, help="pages to crawl (default 500)")
-    ap.add_argument("--concurrency", type=int, default=8, help="sites crawled at once (default 8)")
+    ap.add_argument("--pages", type=int, help="pages to crawl (default 500; 100 with Chromium)")
+    ap.add_argument(
+        "--concurrency", type=int, help="sites crawled at once (default 8; 2 with Chromium)"
+    )
+    ap.add_argument(
+        "--browser",
+        choices=["auto", "chromium", "stand-in"],
+        default="auto",
+        help="load pages in Chromium through fastcleanup.playwright, or in the stand-in "
+        "(a profile directory and an HTTP session); default: Chromium when Playwright "
+        "and a Chromium are installed",
+    )
     ap.add_argument(
         "--fail-rate",
         type=float,
@@ -99,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="event loop (default: uvloop when installed)",
     )
+    ap.add_argument(
+        "--kill",
+        action="store_true",
+        help="instead of the crawl: SIGKILL a Chromium crawler mid-crawl, then show the "
+        "next start sweeping what it and its browser left (needs Chromium)",
+    )
     # Keeps the guards of N scratch files detached, so they are never removed:
     # shows (and tests) that the leak check catches what nobody cleans up.
     ap.add_argument("--leak", type=int, default=0, help=argparse.SUPPRESS)
@@ -106,6 +126,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> str | None:
+    if args.kill and args.browser_label in (None, "stand-in"):
+        return "--kill needs Playwright and a Chromium: pip install playwright"
+    if args.browser == "chromium" and args.browser_label is None:
+        return "--browser chromium needs Playwright and a Chromium: pip install playwright"
     if not 1 <= args.pages <= 100_000:
         return "--pages must be between 1 and 100000"
     if not 1 <= args.concurrency <= 256:
@@ -138,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse already printed
         return exc.code if isinstance(exc.code, int) else 2
+    from .browser_choice import choose
+
+    choose(args)
     problem = _check(args)
     if problem is not None:
         parser.print_usage(sys.stderr)
@@ -155,11 +182,15 @@ def main(argv: list[str] | None = None) -> int:
 
     made_scratch = args.scratch is None or not args.scratch.exists()
     if args.scratch is None:
-        scratch = Path(tempfile.mkdtemp(prefix="fastcleanup-demo-"))
+        # A short name: Chromium's socket lies below it and a socket path
+        # has at most 107 bytes.
+        scratch = Path(tempfile.mkdtemp(prefix="fcd"))
     else:
         scratch = args.scratch.resolve()
         scratch.mkdir(parents=True, exist_ok=True)
     try:
+        if args.kill:
+            return fc.run(_kill(scratch), use_uvloop=use_uvloop)
         summary = _summary(args, scratch, fc.run(_demo(args, scratch), use_uvloop=use_uvloop))
     except KeyboardInterrupt:
         print("demo: interrupted", file=sys.stderr)
@@ -172,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             if made_scratch:
                 shutil.rmtree(scratch, ignore_errors=True)
             else:
-                for sub in ("pages", "tmp", "profiles"):
+                for sub in ("pages", "tmp", "profiles", "b"):
                     shutil.rmtree(scratch / sub, ignore_errors=True)
     print(render_table(summary), end="", flush=True)
     if args.keep:
@@ -219,6 +250,14 @@ async def _local_site() -> AsyncIterator[str]:
             await proc.wait()
 
 
+async def _kill(scratch: Path) -> int:
+    from .kill import kill_and_sweep
+
+    async with _local_site() as site:
+        print(f"demo --kill: a Chromium crawler of {site}, killed mid-crawl\n  scratch  {scratch}")
+        return await kill_and_sweep(scratch, site)
+
+
 def _scrape(url: str) -> str:
     # No proxy: an http_proxy in the environment must not capture a loopback scrape.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -241,13 +280,17 @@ class _Run:
     scrape: str
     url: str
     stall: dict[str, Any]  # the ticker's summary, and "idle": the same before the crawl
+    processes_left: int  # browser processes still running after shutdown()
 
 
 async def _demo(args: argparse.Namespace, scratch: Path) -> _Run:
     from prometheus_client import CollectorRegistry
 
+    from .browser_choice import STAND_IN
     from .crawl import Crawl, plan
     from .report import Progress, StallTicker
+
+    in_chromium = args.browser_label != STAND_IN
 
     loop_name = type(asyncio.get_running_loop()).__module__.partition(".")[0]
     registry = CollectorRegistry()
@@ -274,7 +317,8 @@ async def _demo(args: argparse.Namespace, scratch: Path) -> _Run:
             f"demo: {args.pages} pages of {len(sites)} sites at {base}, "
             f"{args.concurrency} sites at a time, on {loop_name}\n"
             f"  metrics  {server.url}  (while the demo runs)\n"
-            f"  scratch  {scratch}",
+            f"  scratch  {scratch}\n"
+            f"browser: {args.browser_label}",
             flush=True,
         )
         idle = StallTicker()  # the machine's own noise, for comparison
@@ -288,7 +332,8 @@ async def _demo(args: argparse.Namespace, scratch: Path) -> _Run:
             ticker.start()
             progress.start()
             try:
-                await crawl.run(sites)
+                async with _browsers(in_chromium, crawl.browsers_dir, cleaner) as browsers:
+                    await crawl.run(sites, browsers)
                 # A guard held in a reference cycle (a traceback keeping a
                 # frame alive, say) waits for the cycle collector: run it now
                 # rather than some time after the demo. The ticker sits this
@@ -311,6 +356,11 @@ async def _demo(args: argparse.Namespace, scratch: Path) -> _Run:
             await cleaner.shutdown()
             raise
         await cleaner.shutdown()
+    processes_left = 0
+    if in_chromium:
+        from fastcleanup.playwright import browser_processes
+
+        processes_left = len(browser_processes(scratch))
     return _Run(
         loop=loop_name,
         elapsed=elapsed,
@@ -322,7 +372,18 @@ async def _demo(args: argparse.Namespace, scratch: Path) -> _Run:
         scrape=scrape,
         url=server.url,
         stall={**ticker.summary(), "idle": idle.summary()},
+        processes_left=processes_left,
     )
+
+
+def _browsers(
+    in_chromium: bool, base: Path, cleaner: fc.Cleaner
+) -> contextlib.AbstractAsyncContextManager[Browsers | None]:
+    if not in_chromium:
+        return contextlib.nullcontext()
+    from .browser import chromium
+
+    return chromium(base, cleaner)
 
 
 def _collect(cleaner: fc.Cleaner) -> int:
@@ -366,7 +427,12 @@ def _summary(args: argparse.Namespace, scratch: Path, run: _Run) -> dict[str, An
     created = crawl.staged + crawl.temp_files + crawl.profile_files
     stray_files = [p for p in stray if not p.endswith(os.sep)]
     lat = seen["latency"]
-    ok = conserved and agree and not stray and not damaged
+    ok = conserved and agree and not stray and not damaged and run.processes_left == 0
+    if crawl.chromium_profiles:
+        profiles_removed = sum(not p.exists() for p in crawl.chromium_profiles)
+    else:  # the stand-in's: a profile left over is a stray directory under profiles/
+        left = sum(Path(p.rstrip(os.sep)).parent == crawl.profiles_dir for p in stray)
+        profiles_removed = crawl.profiles - left
     return {
         "exit_code": 0 if ok else 1,
         "elapsed_s": round(run.elapsed, 3),
@@ -408,6 +474,13 @@ def _summary(args: argparse.Namespace, scratch: Path, run: _Run) -> dict[str, An
             "count": int(lat["count"]),
         },
         "loop_stall": run.stall,
+        "browser": {
+            "name": args.browser_label,
+            "profiles_made": crawl.profiles,
+            "profiles_removed": profiles_removed,
+            "processes_left": run.processes_left,
+            "leftovers": len(stray) + len(damaged),
+        },
         "conservation": {"ok": conserved},
         "leak_check": {"ok": not stray and not damaged, "leftovers": stray, "damaged": damaged},
         "metrics": {"url": run.url, "agree": agree, "scrape": run.scrape},

@@ -1,11 +1,13 @@
 """The demo's crawler: what a crawler embedding fastcleanup does per site and per page.
 
-Per site it makes a :class:`BrowserProfile` (a temp directory and an HTTP
-session) and drops it when the site is done. Per page it streams the body
-into a :class:`fastcleanup.StagingFile`, and for a page that arrived whole it
+Per site it opens a real Chromium profile (:mod:`.browser`, through
+``fastcleanup.playwright``) and closes it when the site is done, or, without
+Chromium, makes a stand-in :class:`BrowserProfile` (a temp directory and an
+HTTP session) and drops it. Per page it writes the body into a
+:class:`fastcleanup.StagingFile`, and for a page that arrived whole it
 writes a text-extraction scratch file that it drops as well. The crawler
-never removes anything itself: guards hand every removal to the cleaner,
-most of them from finalizers as they fall out of scope.
+never removes anything itself: guards, and ``fastcleanup.playwright`` for
+Chromium's files, hand every removal to the cleaner.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import os
 import random
 import re
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -23,7 +27,12 @@ import fastcleanup as fc
 
 from .site import MAX_SIZE, PageSpec
 
-__all__ = ["BrowserProfile", "Crawl", "plan"]
+if TYPE_CHECKING:
+    from fastcleanup.playwright import Browsers
+
+    from .browser import ChromiumSite
+
+__all__ = ["BrowserProfile", "Crawl", "PageBroken", "plan"]
 
 PAGES_PER_SITE = 10
 _CHUNK = 64 * 1024
@@ -59,7 +68,7 @@ class BrowserProfile:
     directory's removal and the session's close to the cleaner.
     """
 
-    __slots__ = ("__weakref__", "cache", "path", "session")
+    __slots__ = ("__weakref__", "cache", "files", "path", "session")
 
     FILES = 2  # Preferences and Cookies; the cache adds one file per response
 
@@ -67,6 +76,7 @@ class BrowserProfile:
         self.path = path
         self.cache = path / "Cache"
         self.session = aiohttp.ClientSession()
+        self.files = self.FILES  # and one per cached response
         # The tasks hold the path and the session, never the profile itself,
         # or the profile could never be collected.
         fc.on_collect(self, fc.RemoveTree(path), cleaner=cleaner)
@@ -82,6 +92,19 @@ class BrowserProfile:
         """Cache the response headers, as a browser would."""
         lines = "".join(f"{k}: {v}\n" for k, v in resp.headers.items())
         await asyncio.to_thread((self.cache / f"{number}.headers").write_text, lines)
+        self.files += 1
+
+    async def body(self, url: str, number: int) -> AsyncIterator[bytes]:
+        """The page's body as it streams in; its headers go to the cache first."""
+        async with self.session.get(url) as resp:
+            resp.raise_for_status()
+            await self.remember(number, resp)
+            async for chunk in resp.content.iter_chunked(_CHUNK):
+                yield chunk
+
+
+class PageBroken(Exception):
+    """A page the browser could not load (its connection dropped, an error status)."""
 
 
 def _lay_out_profile(root: Path) -> Path:
@@ -122,13 +145,16 @@ class Crawl:
         self.pages_dir = scratch / "pages"
         self.tmp_dir = scratch / "tmp"
         self.profiles_dir = scratch / "profiles"
-        for d in (self.pages_dir, self.tmp_dir, self.profiles_dir):
+        self.browsers_dir = scratch / "b"  # Chromium's ScratchDir base: a short name, see below
+        for d in (self.pages_dir, self.tmp_dir, self.profiles_dir, self.browsers_dir):
             d.mkdir(exist_ok=True)
         self._base = base_url
         self._cleaner = cleaner
         self._concurrency = concurrency
         self._timeout = timeout
         self._leak = leak
+        self._browsers: Browsers | None = None
+        self.chromium_profiles: list[Path] = []  # each Chromium profile's directory
         self.ok = self.broken = self.timed_out = 0
         self.staged = self.temp_files = self.profiles = self.profile_files = 0
         self.bytes_kept = 0
@@ -138,7 +164,9 @@ class Crawl:
     def done(self) -> int:
         return self.ok + self.broken + self.timed_out
 
-    async def run(self, sites: list[list[PageSpec]]) -> None:
+    async def run(self, sites: list[list[PageSpec]], browsers: Browsers | None = None) -> None:
+        """Crawl ``sites``: in Chromium through ``browsers`` if given, else with the stand-in."""
+        self._browsers = browsers
         await asyncio.to_thread(self._make_site_dirs, sites)
         todo = iter(sites)
 
@@ -157,15 +185,32 @@ class Crawl:
             (self.pages_dir / f"site-{pages[0].site}").mkdir(exist_ok=True)
 
     async def _crawl_site(self, pages: list[PageSpec]) -> None:
+        if self._browsers is not None:
+            await self._crawl_site_in_chromium(pages, self._browsers)
+            return
         profile = await BrowserProfile.create(self.profiles_dir, self._cleaner)
         self.profiles += 1
-        self.profile_files += BrowserProfile.FILES
         for page in pages:
             await self._fetch(page, profile)
+        self.profile_files += profile.files
         # `profile` falls out of scope as this returns: its guards submit
         # RemoveTree and AClose from the finalizer.
 
-    async def _fetch(self, page: PageSpec, profile: BrowserProfile) -> None:
+    async def _crawl_site_in_chromium(self, pages: list[PageSpec], browsers: Browsers) -> None:
+        from .browser import ChromiumSite
+
+        site = await ChromiumSite.open(browsers)
+        self.profiles += 1
+        self.chromium_profiles.append(site.directory)
+        try:
+            for page in pages:
+                await self._fetch(page, site)
+        finally:
+            # Closing ends its browser; fastcleanup.playwright then removes its
+            # profile, downloads and temp files through the cleaner.
+            await site.close()
+
+    async def _fetch(self, page: PageSpec, profile: BrowserProfile | ChromiumSite) -> None:
         dest = self.pages_dir / f"site-{page.site}" / f"page-{page.number}.html"
         head = b""
         try:
@@ -176,20 +221,14 @@ class Crawl:
                 # The deadline covers the download, not commit(): a
                 # cancellation landing while commit() renames would leave the
                 # whole page in place with `committed` still False.
-                async with (
-                    asyncio.timeout(self._timeout),
-                    profile.session.get(self._base + page.path) as resp,
-                ):
-                    resp.raise_for_status()
-                    await profile.remember(page.number, resp)
-                    self.profile_files += 1
-                    async for chunk in resp.content.iter_chunked(_CHUNK):
+                async with asyncio.timeout(self._timeout):
+                    async for chunk in profile.body(self._base + page.path, page.number):
                         head = head or chunk
                         await out.write(chunk)
         except TimeoutError:
             self.timed_out += 1
             return
-        except aiohttp.ClientError:
+        except (aiohttp.ClientError, PageBroken):
             self.broken += 1
             return
         self.ok += 1
@@ -207,7 +246,7 @@ class Crawl:
         under ``pages/``, and the committed pages, each at its full size.
         """
         scratch = self.pages_dir.parent
-        allowed_dirs = {self.pages_dir, self.tmp_dir, self.profiles_dir}
+        allowed_dirs = {self.pages_dir, self.tmp_dir, self.profiles_dir, self.browsers_dir}
         stray: list[str] = []
         for root, dirs, files in os.walk(scratch):
             here = Path(root)

@@ -153,6 +153,7 @@ def _mib(n: int) -> str:
 def render_table(s: dict[str, Any]) -> str:
     """The closing table of the demo, drawn from its JSON summary."""
     p, f, c, lat, leak = s["pages"], s["files"], s["cleanup"], s["latency"], s["leak_check"]
+    b = s["browser"]
     stall, idle = s["loop_stall"], s["loop_stall"]["idle"]
     done = c["completed_by_kind"]
     removals = {k: n for k, n in sorted(done.items()) if k.startswith("remove_")}
@@ -167,6 +168,9 @@ def render_table(s: dict[str, Any]) -> str:
         ("removed", f["removed"], f"files, by {sum(removals.values())} cleanups: "
          + (", ".join(f"{k} {n}" for k, n in removals.items()) or "none")),
         ("closed", done.get("aclose", 0), "client sessions, by aclose cleanups"),
+        ("browser", b["profiles_made"], f"profiles made in {b['name']}, "
+         f"{b['profiles_removed']} removed; browser processes left: {b['processes_left']}; "
+         f"leftovers: {b['leftovers']}"),
         ("failed", c["failed"], f"cleanups ({failed or 'none'})"),
         ("held in cycles", c["released_by_gc"], "cleanups submitted only when gc.collect() "
          "freed their guards from reference cycles"),

@@ -14,15 +14,19 @@ The site keeps no state: each page does what its URL asks, e.g.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
 import fastcleanup as fc
 
-__all__ = ["PageSpec", "main"]
+__all__ = ["PageSpec", "main", "serving"]
 
 _CHUNK = 16 * 1024
 _SLOW_CHUNKS = 8  # a slow page arrives in this many pieces spread over its delay
@@ -112,6 +116,28 @@ async def _serve() -> None:
         await asyncio.to_thread(sys.stdin.buffer.read)
     finally:
         await runner.cleanup()
+
+
+@contextlib.contextmanager
+def serving() -> Iterator[str]:
+    """The site in a child process, for code without a loop (tests, benchmarks); yields its URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "examples.demo.site"],
+        cwd=Path(__file__).resolve().parents[2],  # where ``examples`` is a package
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        line = proc.stdout.readline()
+        if not line.startswith("port "):
+            raise RuntimeError("the test site did not start (its error is above)")
+        yield f"http://127.0.0.1:{int(line.split()[1])}"
+    finally:
+        proc.stdin.close()  # the site exits when its stdin closes
+        proc.wait(timeout=10)
+        proc.stdout.close()
 
 
 def main() -> int:
