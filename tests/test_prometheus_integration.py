@@ -560,6 +560,7 @@ def test_prometheus_scrapes_the_dashboard_and_counters_of_a_loaded_process(
             "FastcleanupDroppedBeforeInit",
             "FastcleanupDroppedAtExit",
             "FastcleanupSweptLeftovers",
+            "FastcleanupTreesBusy",
         }
         expected_alerts = {
             # Both loops have ended while the process answers scrapes ("for: 5m").
