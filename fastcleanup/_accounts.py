@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from ._batch import DONE, Batch, InProgress, Requeued
-from ._intake import Intake
+from ._intake import FILES, PARENT, Intake
 from ._log import FAILURES
 from ._order import requeue_ordered
 from ._paths import FileJob, Refused, Roots
@@ -74,6 +74,8 @@ class Accounts(Intake):
 
     def _batch_done(self, batch: Batch) -> None:
         self._batches.discard(batch)
+        if batch.kind != FILES and all(b.kind == FILES for b in self._batches):
+            self._hot[PARENT] = None  # no cleanup of ours runs: submit need not ask
         cap = self._capacity
         # Wake the dispatcher once half the slots are free, not on every
         # batch: it then hands out several batches in one turn.

@@ -7,7 +7,8 @@
  * the cleaner's `hot` list, which CPython calls through its specialized
  * path for builtins (about 50 ns). It takes the closure's steps: call
  * hot[0] with the task (hot[4] instead when the context variable hot[3]
- * is set: the task comes from one of the cleaner's own cleanups), and if
+ * is set: the task comes from one of the cleaner's own cleanups; hot[3]
+ * is None while none of those runs), and if
  * hot[1] is True, call hot[2]. An Exception from either is swallowed, as
  * submit must never raise; KeyboardInterrupt and SystemExit go on, as
  * they do from the closure. Reading the context variable costs a few

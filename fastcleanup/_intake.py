@@ -4,8 +4,9 @@
 task (the queue's C-level ``append`` while the cleaner runs, the refusal
 counter otherwise), whether the dispatcher sleeps, how to wake it, and,
 for a submit made by one of the cleaner's own cleanups (its context
-variable ``parent`` is set), what to call instead: ``follow``, which also
-tells drain() whose follow-up the task is. It counts nothing:
+variable ``parent``, in ``hot`` while such cleanups run, is set), what to
+call instead: ``follow``, which also tells drain() whose follow-up the
+task is. It counts nothing:
 ``submitted`` is derived from the queue by its single consumer (see
 ``Intake._items``), so no lock is taken and nothing re-entrant can
 deadlock.
@@ -19,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ._order import InOrder
 from ._tally import Tally, count_value
@@ -45,6 +46,9 @@ __all__ = [
 
 # Slots of Intake._hot (both builds of submit spell them as literals).
 PUT, IDLE, WAKE, PARENT, FOLLOW = 0, 1, 2, 3, 4
+FILES: Final = (
+    "remove_file"  # the kind of a batch of plain file removals, which runs no code of ours
+)
 
 
 def submitter(hot: list[Any]) -> Callable[[CleanupTask], None]:
@@ -61,10 +65,7 @@ def pure_submitter(hot: list[Any]) -> Callable[[CleanupTask], None]:
     # A plain function over one list: a method would cost a third more.
     # ``hot`` is a closure cell rather than a keyword-only default: CPython
     # specializes calls only to functions without keyword-only parameters,
-    # and the specialized call makes submit about a fifth cheaper. The
-    # context variable's get is taken once: a cleaner never replaces hot[3].
-    parent = hot[3].get
-
+    # and the specialized call makes submit about a fifth cheaper.
     def submit(task: CleanupTask) -> None:
         """Hand ``task`` over; it runs on the cleaner's loop.
 
@@ -77,7 +78,8 @@ def pure_submitter(hot: list[Any]) -> Callable[[CleanupTask], None]:
         """
         # The compiled build's docstring (_cintake.c) says the same; a test compares them.
         try:
-            if parent(None) is None:
+            parent = hot[3]
+            if parent is None or parent.get(None) is None:
                 hot[0](task)
             else:  # submitted by one of the cleaner's own cleanups
                 hot[4](task)
@@ -120,14 +122,22 @@ class Intake:
     _waiter: asyncio.Future[None] | None  # the sleeping dispatcher waits on it
     in_flight: int
     # Set by a batch worker to its batch, in its own context: a submit that
-    # sees it set comes from one of our cleanups (or a task it spawned).
+    # sees it set comes from one of our cleanups (or a task it spawned). It
+    # is in hot[PARENT] only while a batch that may run code of the user's
+    # runs: a burst of files alone costs submit nothing more.
     _parent: ContextVar[Batch]
 
     def _stopped_hot(self) -> list[Any]:
         """``hot`` as it is while the cleaner is stopped: submits go to the refusal counter."""
         if not hasattr(self, "_parent"):
             self._parent = ContextVar(f"fastcleanup_parent_{id(self):x}")
-        return [self._refuse, False, self._wake, self._parent, self._follow]
+        return [self._refuse, False, self._wake, None, self._follow]
+
+    def _running(self, batch: Batch) -> None:
+        """A worker starts ``batch``: what its cleanups submit is marked as theirs."""
+        self._parent.set(batch)  # in the worker's own context, which its children copy
+        if batch.kind != FILES:
+            self._hot[PARENT] = self._parent
 
     def _follow(self, task: object) -> None:
         """submit() of a task by one of our cleanups: queued, and owed by drains owing its parent.

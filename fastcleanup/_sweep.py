@@ -102,10 +102,11 @@ def _base36(n: int) -> str:
 
 
 def _stamp(pid: int) -> str | None:
-    """Two base-36 characters of ``pid``'s start time; None if there is no such process.
+    """Two base-36 characters of ``pid``'s start time; None if no such process lives.
 
     The start time (``/proc/<pid>/stat``, field 22, clock ticks since boot)
-    tells a process from a later one that got the same pid.
+    tells a process from a later one that got the same pid. A zombie (dead,
+    not yet reaped by its parent) counts as no process.
     """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -113,8 +114,10 @@ def _stamp(pid: int) -> str | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name (field 2) may hold spaces and parentheses: split after its last ")".
-    start = int(stat[stat.rindex(b")") + 2 :].split()[19])
-    return _base36(start % 36**2).rjust(2, "0")
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return _base36(int(fields[19]) % 36**2).rjust(2, "0")
 
 
 def key_of(name: str) -> str | None:

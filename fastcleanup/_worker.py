@@ -44,7 +44,7 @@ class BatchWorker(Accounts):
         children: list[asyncio.Task[None]] = []
         timer = None
         current_executor.set(self._executor)
-        self._parent.set(batch)  # what our cleanups submit, drain() waits for with them
+        self._running(batch)  # what its cleanups submit, drain() waits for with them
         try:
             async with asyncio.TaskGroup() as tg:
                 retaken, kind = ((), batch.kind) if batch.kind else classify(tasks)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import fastcleanup as fc
+from fastcleanup._intake import PARENT
 from tests.helpers import assert_conserved, make_files
 
 MakeCleaner = Callable[..., fc.Cleaner]
@@ -109,3 +110,23 @@ async def test_an_ordered_task_s_follow_ups_are_waited_for(make_cleaner: MakeCle
         cleaner.submit(fc.InOrder(fc.Call(close_then_remove, "a"), fc.Call(close_then_remove, "b")))
         assert await cleaner.drain(timeout=10)
         assert sorted(done) == ["a", "b"]
+
+
+async def test_submit_asks_whose_task_it_is_only_while_a_cleanup_runs(
+    make_cleaner: MakeCleaner, scratch: Path
+) -> None:
+    cleaner = make_cleaner()
+    seen: list[bool] = []
+
+    async def probe() -> None:
+        seen.append(cleaner._hot[PARENT] is not None)
+
+    async with cleaner:
+        assert cleaner._hot[PARENT] is None
+        for path in make_files(scratch, 100):  # files alone run no code of the user's
+            cleaner.submit(fc.RemoveFile(path))
+        assert await cleaner.drain(timeout=10)
+        assert cleaner._hot[PARENT] is None
+        cleaner.submit(fc.Call(probe))
+        assert await cleaner.drain(timeout=10)
+        assert seen == [True] and cleaner._hot[PARENT] is None

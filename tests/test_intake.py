@@ -148,3 +148,6 @@ def test_a_submit_from_a_cleanup_goes_to_follow_and_wakes_alike(build: Build) ->
     copy_context().run(lambda: (hot[3].set("batch"), submit("cleanup")))
     submit("app again")  # the variable is set only in that context
     assert (queue, followed, wakes) == (["app", "app again"], ["cleanup"], [1, 1, 1])
+    var, hot[3] = hot[3], None  # no cleanup runs: submit does not ask
+    copy_context().run(lambda: (var.set("batch"), submit("no cleanup runs")))
+    assert queue[-1] == "no cleanup runs" and followed == ["cleanup"]

@@ -817,6 +817,32 @@ def test_a_lockless_name_is_proven_dead_by_its_pid_and_start_time(
     assert _sweep(scratch) == []
 
 
+def test_a_lockless_name_of_a_zombie_owner_is_swept(
+    scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dead but not reaped by its parent: /proc still lists it, with its start time."""
+    monkeypatch.setattr(protocol, "GRACE", 0.0)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only waits, then exits
+        os.read(r, 1)
+        os._exit(0)
+    try:
+        stamp = protocol._stamp(pid)
+        assert stamp is not None
+        name = f"fc-{protocol._base36(pid)}-{stamp}zz"
+        (scratch / name).mkdir()
+        assert _sweep(scratch) == []  # alive
+        os.write(w, b"x")
+        wait_for(lambda: protocol._stamp(pid) is None, "the child to exit")
+        assert os.path.exists(f"/proc/{pid}")  # a zombie: not reaped yet
+        assert _sweep(scratch) == [name]
+    finally:
+        os.close(r)
+        os.close(w)
+        os.waitpid(pid, 0)
+
+
 # -- short names ------------------------------------------------------------------
 
 SOCKET_DIR = ".org.chromium.Chromium.XXXXXX"  # Chromium's mkdtemp template under TMPDIR
