@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ._dropwarning import DropWarning
 from ._tally import Tally, count_value
 from ._tasks import CleanupTask, kind_or_invalid
 from ._unlink import COMPILED
@@ -74,8 +75,11 @@ class Intake:
     """The queue and its hand-off: the submit side and the consumer's bookkeeping."""
 
     __slots__ = (
-        "_hot", "_loop", "_queue", "_seq", "_state", "_taken", "_tally", "_waiter", "in_flight",
+        "_drop_warning", "_hot", "_loop", "_queue", "_seq", "_state", "_taken", "_tally",
+        "_waiter", "in_flight",
     )  # fmt: skip
+
+    _drop_warning: DropWarning
 
     _hot: list[Any]
     _loop: asyncio.AbstractEventLoop | None
@@ -110,6 +114,7 @@ class Intake:
             self._tally.drop_at_exit(kind)
         else:
             self._tally.drop_before_init(kind)
+            self._drop_warning.note(kind)  # logged once, off this thread: see _dropwarning
 
     def _submitted(self) -> int:
         """Tasks accepted so far: those taken from the queue plus those still in it.
