@@ -153,6 +153,7 @@ class Cleaner(Handback):
             ) from None
         if self._dispatcher_loop is loop:
             return self
+        self._drop_warning.disarm()  # drops from now on follow a shutdown(): expected
         old = self._loop
         if (
             old is not None

@@ -1,4 +1,7 @@
-"""One warning per cleaner when it first drops a task submitted before ``init_worker()``.
+"""One warning per cleaner when it drops a task submitted before its first ``init_worker()``.
+
+Drops after ``shutdown()`` are expected (finalizers fire while a service
+stops) and stay quiet: ``init_worker()`` disarms the warning for good.
 
 The refusal runs on the submit path, so it must stay Drop-safe: never
 raise, never block, take no lock. Logging does all three (handlers hold
@@ -41,6 +44,10 @@ class DropWarning:
         self._name = name
         self._armed = [True]  # popped by the first drop, so only one caller ever warns
 
+    def disarm(self) -> None:
+        """Never warn: the cleaner was started, so later drops follow a shutdown()."""
+        self._armed.clear()
+
     def note(self, kind: str) -> None:
         """Claim the warning if nobody has yet, and have it logged off this thread."""
         try:
@@ -62,10 +69,10 @@ def flush() -> None:
         except IndexError:
             return
         logger.warning(
-            "cleaner %r dropped a %r task: it was submitted before init_worker() (or after "
-            "shutdown()), so it will never run; it is counted in dropped_before_init. Call "
-            "init_worker() inside the running event loop at startup, before anything submits "
-            "(fc.init_worker() for fc.submit). This warning is logged once per cleaner.",
+            "cleaner %r dropped a %r task: it was submitted before init_worker(), so it will "
+            "never run; it is counted in dropped_before_init. Call init_worker() inside the "
+            "running event loop at startup, before anything submits (fc.init_worker() for "
+            "fc.submit). This warning is logged once per cleaner.",
             name,
             kind,
         )

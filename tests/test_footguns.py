@@ -80,6 +80,18 @@ def test_the_first_drop_before_init_warns_once_and_the_counter_keeps_counting(
     assert cleaner.stats().dropped_before_init == 101
 
 
+async def test_drops_after_shutdown_stay_quiet(
+    records: Records, inline_threads: list[object]
+) -> None:
+    # A service that stops while finalizers still submit: expected, counted, not warned.
+    cleaner = fc.Cleaner(registry=None)
+    cleaner.init_worker()
+    await cleaner.shutdown()
+    cleaner.submit(fc.RemoveFile("/nonexistent/fastcleanup-footgun"))
+    assert (inline_threads, records.records) == ([], [])
+    assert cleaner.stats().dropped_before_init == 1
+
+
 def test_the_warning_is_logged_off_the_submitting_thread(records: Records) -> None:
     cleaner = fc.Cleaner(registry=None, name="off-thread")
     cleaner.submit(fc.RemoveFile("/nonexistent/fastcleanup-footgun"))
