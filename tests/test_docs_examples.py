@@ -102,3 +102,13 @@ def test_readme_links_point_at_files_in_the_checkout() -> None:
     links = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", (ROOT / "README.md").read_text("utf-8"))
     assert "docs/guides/crawler.md" in links  # the pattern still finds them
     assert [link for link in links if not (ROOT / link).is_file()] == []
+
+
+def test_readme_gives_two_commands_and_ci_runs_the_same_tests() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Two commands\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```console\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in block.splitlines()]
+    assert commands == ["$ .venv/bin/python -m examples.demo", "$ .venv/bin/python -m pytest"]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert ".venv/bin/python -m pytest" in ci
