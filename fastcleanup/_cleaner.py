@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from . import _export, _lifecycle
+from ._dropwarning import DropWarning
 from ._executor import DaemonExecutor
 from ._handback import Handback
 from ._intake import IDLE, PUT, State, submitter
@@ -112,6 +113,7 @@ class Cleaner(Handback):
             self._hot = hot
             self.submit = submitter(hot)
         self._tally = Tally()
+        self._drop_warning = DropWarning(self._name)
         self._loop = None
         self._dispatcher = None
         self._dispatcher_loop = None
@@ -147,11 +149,21 @@ class Cleaner(Handback):
 
         Call it at startup (or on every hot entry point: it costs one
         comparison once the dispatcher runs). On a new loop it adopts what a
-        dead loop left unfinished.
+        dead loop left unfinished. Outside a running loop it raises
+        ``RuntimeError``: call it from a coroutine, such as the ``main()``
+        given to ``fc.run()`` or ``asyncio.run()``.
         """
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                f"{self!r}: init_worker() needs a running event loop; call it inside a "
+                "coroutine, e.g. first thing in the main() you pass to fc.run(main()) or "
+                "asyncio.run(main())"
+            ) from None
         if self._dispatcher_loop is loop:
             return self
+        self._drop_warning.disarm()  # drops from now on follow a shutdown(): expected
         old = self._loop
         if (
             old is not None

@@ -23,6 +23,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
 
 from ._order import InOrder
+from ._dropwarning import DropWarning
 from ._tally import Tally, count_value
 from ._tasks import CleanupTask, kind_or_invalid
 from ._unlink import COMPILED
@@ -101,9 +102,11 @@ class Intake:
     """The queue and its hand-off: the submit side and the consumer's bookkeeping."""
 
     __slots__ = (
-        "_extra", "_extra_queued", "_hot", "_loop", "_parent", "_queue", "_seq", "_state", "_taken",
-        "_tally", "_waiter", "in_flight",
+        "_drop_warning", "_extra", "_extra_queued", "_hot", "_loop", "_parent", "_queue", "_seq",
+        "_state", "_taken", "_tally", "_waiter", "in_flight",
     )  # fmt: skip
+
+    _drop_warning: DropWarning
 
     # An InOrder is one item in the queue but counts as the n tasks it holds:
     # ``_extra`` is the n - 1 each adds to ``submitted`` once first taken, and
@@ -193,6 +196,7 @@ class Intake:
             self._tally.drop_at_exit(kind)
         else:
             self._tally.drop_before_init(kind)
+            self._drop_warning.note(kind)  # logged once, off this thread: see _dropwarning
 
     def _submitted(self) -> int:
         """Tasks accepted so far: the queue's items, and the extra tasks of InOrders."""

@@ -9,6 +9,7 @@ executor job instead of one hop per file.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import os
 from collections.abc import Awaitable, Callable
@@ -213,6 +214,16 @@ def _is_async_def(fn: object) -> bool:
 
 
 def _check_callable(fn: object) -> None:
+    """Refuse at once what ``Call`` could only fail on later, on the loop.
+
+    Accepted: an ``async def`` function, or a method, ``functools.partial``
+    or ``functools.wraps`` decorator of one; a function marked with
+    ``inspect.markcoroutinefunction``; any other callable object (a class,
+    an object with ``__call__``), whose result must then be awaitable.
+    Refused: a coroutine, a builtin, and a plain ``def`` or ``lambda``,
+    even one that returns an awaitable: nothing tells it from a function
+    that does the work synchronously, on the loop thread, until it runs.
+    """
     if inspect.iscoroutine(fn):
         fn.close()  # no "never awaited" warning for a refused coroutine
         raise TypeError(
@@ -221,11 +232,32 @@ def _check_callable(fn: object) -> None:
         )
     if not callable(fn):
         raise TypeError(f"Call needs a callable, got {type(fn).__name__}")
-    if inspect.isbuiltin(fn) or inspect.isgeneratorfunction(fn):
+    if _is_sync(fn):
         raise TypeError(
-            f"Call needs an async function; {fn!r} is synchronous. "
-            "Remove files with RemoveFile, or wrap sync work in an async def"
+            f"Call needs an async function; {fn!r} is synchronous. Write the work as an "
+            "async def (a plain def or lambda is refused even if it returns an awaitable); "
+            "remove files with RemoveFile, close resources with AClose"
         )
+
+
+def _is_sync(fn: object) -> bool:
+    """True for a builtin, a plain ``def`` or ``lambda``, or a partial or method of one."""
+    try:
+        if inspect.iscoroutinefunction(fn):  # also marked and partial-wrapped async functions
+            return False
+        while True:  # what is called in the end, through partials and bound methods
+            if isinstance(fn, functools.partial):
+                fn = fn.func
+            elif type(fn) is MethodType:
+                fn = fn.__func__
+            else:
+                break
+        if inspect.isbuiltin(fn):
+            return True
+        # A decorator's plain wrapper around an async def (functools.wraps) is fine.
+        return type(fn) is FunctionType and not inspect.iscoroutinefunction(inspect.unwrap(fn))
+    except Exception:
+        return False  # an odd callable: accepted, and its result is checked when it runs
 
 
 class Call:

@@ -184,7 +184,7 @@ def test_bytes_per_queued_remove_file_is_readme_s_figure(monkeypatch: pytest.Mon
     said = re.search(
         r"A queued `RemoveFile` costs (\d+) bytes besides its path string"
         r" \((\d+) as a\s+Python object\)",
-        (Path(__file__).resolve().parent.parent / "README.md").read_text(),
+        (Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md").read_text(),
     )
     assert said is not None
     if fc.RemoveFile is not _tasks.PurePythonRemoveFile:
@@ -459,8 +459,8 @@ def test_bench_help_lists_every_option_readme_names() -> None:
     options = listed_options(bench_cli._parser())
     shown = proc.stdout.split("\noptions:\n", 1)[1]
     assert [o for o in options if o not in shown] == []
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## Benchmarks\n", 1)[1].split("\n## ", 1)[0]
+    docs = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+    section = docs.read_text(encoding="utf-8")
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", section))
     assert {"--files", "--slow-files", "--quick", "--plot"} <= named  # the section was found
     assert named - set(options) == set()

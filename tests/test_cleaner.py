@@ -664,7 +664,7 @@ async def test_init_worker_is_idempotent(make_cleaner: MakeCleaner) -> None:
 
 
 def test_init_worker_needs_a_running_loop(make_cleaner: MakeCleaner) -> None:
-    with pytest.raises(RuntimeError, match="no running event loop"):
+    with pytest.raises(RuntimeError, match="needs a running event loop"):
         make_cleaner().init_worker()
 
 

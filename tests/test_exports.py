@@ -22,10 +22,11 @@ def test_metrics_module_names_are_pinned() -> None:
     ]  # fmt: skip
 
 
-def test_readme_states_the_real_defaults() -> None:
-    """README's ``fc.Cleaner(...)`` block and shutdown() timeout are the real defaults."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    block = readme.split("fc.Cleaner(\n", 1)[1].split("\n)", 1)[0]
+def test_the_docs_state_the_real_defaults() -> None:
+    """The crawler guide's ``fc.Cleaner(...)`` block and shutdown() timeouts are the real ones."""
+    root = Path(__file__).resolve().parent.parent
+    guide = (root / "docs" / "guides" / "crawler.md").read_text(encoding="utf-8")
+    block = guide.split("fc.Cleaner(\n", 1)[1].split("\n)", 1)[0]
     stated = dict(re.findall(r"^\s+(\w+)=([^,]+),", block, re.M))
     params = inspect.signature(fc.Cleaner).parameters
     # A setting README does not list yet must be stated, with its default, on
@@ -38,9 +39,10 @@ def test_readme_states_the_real_defaults() -> None:
         stated[name] = found.group(1)
     assert set(stated) == set(params)
     for name, text in stated.items():
-        if name == "registry":  # README names the sentinel's meaning: the global REGISTRY
+        if name == "registry":  # the guide names the sentinel's meaning: the global REGISTRY
             continue
         assert params[name].default == ast.literal_eval(text), name
     for shutdown in (fc.shutdown, fc.Cleaner.shutdown):
         assert inspect.signature(shutdown).parameters["timeout"].default == 10
-    assert "fc.shutdown(timeout=10)" in readme
+    assert "fc.shutdown(timeout=10)" in guide
+    assert "fc.shutdown(timeout=10)" in (root / "README.md").read_text(encoding="utf-8")

@@ -22,12 +22,12 @@ from tests.helpers import make_files
 MakeCleaner = Callable[..., fc.Cleaner]
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "guides" / "monitoring.md"
 
 
 def readme_metrics() -> dict[str, str]:
-    """The metric table of README's Monitoring section: each family's name and type."""
-    section = README.read_text(encoding="utf-8").split("\n## Monitoring\n", 1)[1]
+    """The metric table of the monitoring guide: each family's name and type."""
+    section = README.read_text(encoding="utf-8").split("\n## The metrics\n", 1)[1]
     section = section.split("\n## ", 1)[0]
     return dict(re.findall(r"^\| `(fastcleanup_\w+)` \| (\w+) \|", section, re.M))
 

@@ -229,7 +229,7 @@ async def test_both_call_builds_hold_and_run_their_arguments(call: type[fc.Call]
     await call(functools.partial(add_to, box, 10)).run()  # any callable returning an awaitable
     assert box == [17]
     with pytest.raises(TypeError, match="not an awaitable"):
-        await call(functools.partial(len, "abc")).run()  # type: ignore[arg-type]
+        await call(int).run()  # type: ignore[arg-type]  # a class: its result is checked
 
 
 @both_call_builds

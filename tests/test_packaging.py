@@ -1,0 +1,80 @@
+"""The source distribution: built without a warning, the library alone, metadata a user can trust.
+
+The sdist carries no tests: they need the repository's checkout
+(``bench/``, ``examples/``, ``grafana/``, ``docs/`` and README.md are read or
+imported by them), so a test suite in the sdist could only fail.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytest.importorskip("build", reason="the [dev] extra installs build")
+
+
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The sdist built from this checkout, and everything the build printed."""
+    out = tmp_path_factory.mktemp("dist")
+    # No isolation: the environment's setuptools, so the test needs no network.
+    proc = subprocess.run(
+        [sys.executable, "-m", "build", "--sdist", "--no-isolation", "-o", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [tarball] = out.glob("fastcleanup-*.tar.gz")
+    return tarball, proc.stdout + proc.stderr
+
+
+def test_the_build_prints_no_deprecation_or_warning(sdist: tuple[Path, str]) -> None:
+    _, output = sdist
+    assert "Deprecat" not in output
+    assert "warning:" not in output.lower()
+
+
+def test_the_sdist_holds_the_library_and_no_tests(sdist: tuple[Path, str]) -> None:
+    tarball, _ = sdist
+    with tarfile.open(tarball) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    assert {"LICENSE", "README.md", "pyproject.toml", "setup.py"} <= names
+    assert {"fastcleanup/__init__.py", "fastcleanup/py.typed", "fastcleanup/_cbulk.c"} <= names
+    sources = {
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "fastcleanup").iterdir()
+        if p.suffix in (".py", ".c", ".pyi")
+    }
+    assert sources <= names  # every module and C source: the C module builds from it
+    for tree in ("tests/", "bench/", "examples/", "grafana/", "docs/"):
+        assert not [n for n in names if n.startswith(tree)], tree
+
+
+def test_the_metadata_states_licence_pythons_and_platform(sdist: tuple[Path, str]) -> None:
+    tarball, _ = sdist
+    with tarfile.open(tarball) as tar:
+        member = tar.extractfile(f"{tarball.name.removesuffix('.tar.gz')}/PKG-INFO")
+        assert member is not None
+        meta = email.parser.Parser().parsestr(member.read().decode())
+    assert meta["License-Expression"] == "MIT"
+    assert meta["License-File"] == "LICENSE"
+    classifiers = set(meta.get_all("Classifier") or [])
+    assert {
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Typing :: Typed",
+    } <= classifiers
+    urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL") or [])
+    assert {"Documentation", "Source", "Issues", "Changelog"} <= set(urls)
+    assert meta["Requires-Python"] == ">=3.11"
+    assert (ROOT / "LICENSE").read_text(encoding="utf-8").startswith("MIT License")
