@@ -22,8 +22,8 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
 
-from ._order import InOrder
 from ._dropwarning import DropWarning
+from ._order import InOrder
 from ._tally import Tally, count_value
 from ._tasks import CleanupTask, kind_or_invalid
 from ._unlink import COMPILED
