@@ -29,14 +29,6 @@ def test_the_docs_state_the_real_defaults() -> None:
     block = guide.split("fc.Cleaner(\n", 1)[1].split("\n)", 1)[0]
     stated = dict(re.findall(r"^\s+(\w+)=([^,]+),", block, re.M))
     params = inspect.signature(fc.Cleaner).parameters
-    # A setting README does not list yet must be stated, with its default, on
-    # its page under docs/how/ (busy_timeout: docs/how/trees.md).
-    pages = (Path(__file__).resolve().parent.parent / "docs" / "how").glob("*.md")
-    docs = "\n".join(page.read_text(encoding="utf-8") for page in pages)
-    for name in set(params) - set(stated):
-        found = re.search(rf"^\s*{name}=([^,]+),", docs, re.M)
-        assert found, f"{name} is stated neither in README's fc.Cleaner block nor in docs/how"
-        stated[name] = found.group(1)
     assert set(stated) == set(params)
     for name, text in stated.items():
         if name == "registry":  # the guide names the sentinel's meaning: the global REGISTRY
