@@ -56,6 +56,7 @@ _OPEN: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 AT_FDCWD: Final = -100  # Linux: the working directory, as dir_fd
 
 Result = tuple[int, list[tuple[str, int]], bool, bool]
+_GONE: Final[Result] = (0, [], False, False)  # nothing failed, nothing refilled
 
 
 class Busy(OSError):
@@ -382,11 +383,19 @@ class _Roots(Protocol):
     def open_parent(self, path: str | bytes) -> tuple[int, str]: ...
 
 
-def _open(path: str | bytes, roots: _Roots | None) -> tuple[int, str | bytes]:
-    """``(dir_fd, name)`` of the tree; the caller closes ``dir_fd`` unless it is AT_FDCWD."""
+def _open(path: str | bytes, roots: _Roots | None) -> tuple[int, str | bytes] | None:
+    """``(dir_fd, name)`` of the tree, or None if it is gone with its parent.
+
+    The caller closes ``dir_fd`` unless it is AT_FDCWD. A parent inside the
+    roots that no longer exists means the tree is gone too: completed, as
+    without roots (a path outside them is refused before it is looked for).
+    """
     if roots is None:
         return AT_FDCWD, path
-    return roots.open_parent(path)
+    try:
+        return roots.open_parent(path)
+    except FileNotFoundError:
+        return None
 
 
 def remove_tree(
@@ -400,7 +409,10 @@ def remove_tree(
     """
     start, tries, pause = time.monotonic(), 0, _FIRST_BACKOFF
     while True:
-        fd, name = _open(path, roots)
+        opened = _open(path, roots)
+        if opened is None:
+            return
+        fd, name = opened
         try:
             result = _walker()([(fd, name)], stop)[0]
         finally:
@@ -505,26 +517,33 @@ class TreeLane:
     def _run(self, job: _Job, loop: asyncio.AbstractEventLoop) -> None:
         """On a cleaner's thread: open the parents (confined), walk, report once."""
         items: list[tuple[int, str | bytes]] = []
-        opened: list[int] = []
-        outcome: list[Result | BaseException] = []
+        fds: list[int] = []
+        # Per tree: an exception, a result already known (gone with its
+        # parent), or None for "the walk's next result".
+        slots: list[Result | BaseException | None] = []
         try:
             for t in job.trees:
                 try:
-                    fd, name = _open(t.path, self._roots)
+                    opened = _open(t.path, self._roots)
                 except Exception as exc:  # Refused, or a parent that cannot be opened
-                    outcome.append(exc)
+                    slots.append(exc)
                     continue
+                if opened is None:
+                    slots.append(_GONE)
+                    continue
+                fd, name = opened
                 if fd != AT_FDCWD:
-                    opened.append(fd)
+                    fds.append(fd)
                 items.append((fd, name))
-                outcome.append((0, [], False, False))
+                slots.append(None)
+            outcome: list[Result | BaseException]
             try:
                 results = iter(_walker()(items, job.stop))
-                outcome = [o if isinstance(o, BaseException) else next(results) for o in outcome]
+                outcome = [next(results) if o is None else o for o in slots]
             except Exception as exc:
                 outcome = [exc] * len(job.trees)
         finally:
-            for fd in opened:
+            for fd in fds:
                 os.close(fd)
         try:
             loop.call_soon_threadsafe(self._report, job, outcome, loop)

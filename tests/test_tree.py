@@ -437,6 +437,26 @@ async def test_a_burst_of_profiles_is_removed_through_the_cleaner(
     assert cleaner.stats().completed == 150
 
 
+async def test_a_tree_gone_with_its_parent_is_completed_inside_roots_and_refused_outside(
+    walk: Walk, scratch: Path, make_cleaner: MakeCleaner
+) -> None:
+    """As without roots: a tree already gone counts as completed; confinement still comes first."""
+    (scratch / "root").mkdir()
+    cleaner = make_cleaner(allowed_roots=[scratch / "root"])
+    cleaner.init_worker()
+    cleaner.submit(fc.RemoveTree(scratch / "root" / "gone" / "profile"))  # its parent is gone
+    cleaner.submit(fc.RemoveTree(scratch / "elsewhere" / "gone" / "profile"))  # outside
+    assert await cleaner.drain(timeout=30)
+    await cleaner.shutdown()
+    s = cleaner.stats()
+    assert (s.completed, s.failed) == (1, 1)
+    with pytest.raises(Refused):
+        _tree.remove_tree(
+            str(scratch / "elsewhere" / "gone" / "profile"), Roots([scratch / "root"])
+        )
+    _tree.remove_tree(str(scratch / "root" / "gone" / "profile"), Roots([scratch / "root"]))
+
+
 async def test_a_failed_tree_is_logged_once_with_its_entries(
     walk: Walk,
     tmp_path: Path,
