@@ -101,4 +101,6 @@ def make_cleaner(registry: CollectorRegistry) -> Iterator[Callable[..., fc.Clean
         # Whatever a test left queued must not run at the session's exit.
         if cleaner._executor is not None:
             cleaner._executor.shutdown(wait=False)
+        if cleaner._lane is not None:  # else its threads wait for jobs until the session ends
+            cleaner._lane.close()
         cleaner._reset()
