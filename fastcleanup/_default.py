@@ -57,6 +57,7 @@ class Settings(TypedDict, total=False):
     max_batches: int
     io_threads: int
     exit_timeout: float
+    busy_timeout: float | None
 
 
 # Each setting and the attributes of a Cleaner that hold it.
@@ -67,6 +68,7 @@ _SLOTS: dict[str, tuple[str, ...]] = {
     "max_batches": ("_max_batches", "_refill_at"),
     "io_threads": ("_io_threads",),
     "exit_timeout": ("_exit_timeout",),
+    "busy_timeout": ("_busy_timeout",),
 }
 
 
@@ -77,7 +79,9 @@ def configure(**settings: Unpack[Settings]) -> None:
     >>> fc.init_worker()
 
     Takes the keywords of ``fc.Cleaner(...)`` but ``registry`` and ``name``,
-    checked the same way (TypeError, ValueError). Only while the default
+    checked the same way (TypeError, ValueError); a ``task_timeout`` given
+    without ``busy_timeout`` also resets that to its default for the new
+    ``task_timeout``. Only while the default
     cleaner is stopped: before ``init_worker()`` or after ``shutdown()``;
     ``fc.submit`` stays the same function throughout.
     """
@@ -93,7 +97,13 @@ def configure(**settings: Unpack[Settings]) -> None:
             "or after await fc.shutdown()"
         )
     # Cleaner() itself checks the values, so both say the same about a bad one.
-    checked = Cleaner(registry=None, name="configure", **settings)
-    for name in settings:
+    # busy_timeout is bounded by task_timeout: checked against the one in force,
+    # and a new task_timeout alone brings busy_timeout's default for it.
+    given = dict(settings)
+    if "busy_timeout" in given and "task_timeout" not in given:
+        given["task_timeout"] = default_cleaner._task_timeout
+    checked = Cleaner(registry=None, name="configure", **given)  # type: ignore[arg-type]
+    names = {*settings, "busy_timeout"} if "task_timeout" in settings else set(settings)
+    for name in names:
         for slot in _SLOTS[name]:
             setattr(default_cleaner, slot, getattr(checked, slot))

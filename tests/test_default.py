@@ -62,6 +62,8 @@ async def test_configure_confines_the_default_cleaner(scratch: Path) -> None:
         {"io_threads": 1000},
         {"exit_timeout": "5"},
         {"allowed_roots": 3},
+        {"busy_timeout": 60.0},
+        {"busy_timeout": -1},
     ],
     ids=repr,
 )
@@ -79,3 +81,18 @@ def test_configure_refuses_what_it_does_not_take() -> None:
     for name in ("registry", "name", "batchsize"):
         with pytest.raises(TypeError, match=f"unexpected keyword.*{name}.*it takes batch_size"):
             fc.configure(**{name: 1})  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("restore_defaults")
+def test_configure_keeps_busy_timeout_below_task_timeout() -> None:
+    fc.configure(task_timeout=60.0, busy_timeout=10.0)
+    assert (default_cleaner._task_timeout, default_cleaner._busy_timeout) == (60.0, 10.0)
+    fc.configure(task_timeout=1.0)  # busy_timeout 10 would outlast every tree task
+    assert (
+        default_cleaner._busy_timeout == fc.Cleaner(task_timeout=1.0, registry=None)._busy_timeout
+    )
+    assert default_cleaner._busy_timeout < 1.0
+    with pytest.raises(ValueError, match="less than task_timeout"):
+        fc.configure(busy_timeout=2.0)  # checked against the task_timeout in force
+    fc.configure(busy_timeout=0.25)
+    assert (default_cleaner._task_timeout, default_cleaner._busy_timeout) == (1.0, 0.25)
