@@ -3,7 +3,7 @@
 Each round makes ``TASKS`` tasks of one kind in a loop, as a producer's
 ``submit(RemoveFile(p))`` does; ``extra_info["ns_per_task"]`` is the round's
 time per task, the loop included. A round fails only when it made the
-wrong thing. README quotes these figures (How it works).
+wrong thing. docs/how/pipeline.md quotes these figures.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Loops torn down mid-burst, fork() during a burst, interpreter exit with
 work pending, SIGTERM with and without a handler.
 
-The exit and SIGTERM tests check what README's Reliability section promises,
+The exit and SIGTERM tests check what docs/reliability.md promises,
 in a real child interpreter each.
 """
 
@@ -382,7 +382,7 @@ def test_fork_during_a_burst(scratch: Path, loop_kind: str) -> None:
     report("fork", loop=loop_kind, forks=forks, operations=len(tasks), files_lost=0, deadlocks=0)
 
 
-# -- interpreter exit and SIGTERM (README: "Reliability") ------------------------------
+# -- interpreter exit and SIGTERM (docs/reliability.md) --------------------------------
 
 CHILD_PRELUDE = """
 import asyncio, atexit, dataclasses, json, os, signal, sys, time
@@ -754,7 +754,7 @@ def sigterm_child(
 @pytest.mark.timeout(120)
 def test_sigterm_unhandled_loses_the_queue(scratch: Path, kind: str) -> None:
     """No SIGTERM handler: the process dies at once; atexit does not run, so what
-    was still queued is not removed (README tells how to handle SIGTERM)."""
+    was still queued is not removed (docs/guides/crawler.md tells how to handle SIGTERM)."""
     files = [str(scratch / f"u{i}") for i in range(300)]
     touch_all(files)
     code, out, _ = sigterm_child(scratch, kind, "none")

@@ -3,13 +3,13 @@
 Sizes: the default run is sized for CI (all torture tests together finish in
 a few minutes on a 2-core machine); ``FASTCLEANUP_LARGE=1`` runs the stress
 tests (those that size themselves with ``scale``) at the sizes quoted in
-README's Reliability section. A test of one exact scenario has one size. Under
+docs/reliability.md. A test of one exact scenario has one size. Under
 ``CI=true`` hypothesis is derandomized and keeps no example database, so a
 CI run is reproducible.
 
 Set ``FASTCLEANUP_TORTURE_REPORT=/path/report.jsonl`` to have each test
 append the figures it reached (operations, faults injected, files lost,
-deadlocks) as one JSON line; README's figures come from such a report.
+deadlocks) as one JSON line; docs/reliability.md's figures come from such a report.
 """
 
 from __future__ import annotations
