@@ -17,9 +17,9 @@ from ._dispatcher import Dispatcher
 from ._intake import PUT, State
 from ._log import FAILURES
 from ._order import flatten_at_exit, is_ordered
-from ._paths import Refused, UnlinkJob, remove_tree_confined
+from ._paths import Refused, UnlinkJob
 from ._tasks import INVALID, RemoveTree, kind_or_invalid
-from ._tree import Busy
+from ._tree import Busy, remove_tree
 from ._worker import reason_of
 
 __all__ = ["Handback"]
@@ -97,7 +97,7 @@ class Handback(Dispatcher):
                         EXIT_RUNNERS[base](task, max(0.0, deadline - time.monotonic()))
                     elif base is RemoveTree:
                         busy = min(self._busy_timeout, max(0.0, deadline - time.monotonic()))
-                        remove_tree_confined(task.path, self._roots, busy)
+                        remove_tree(task.path, self._roots, busy)
                     else:
                         job = UnlinkJob([task.path], self._roots)
                         job()

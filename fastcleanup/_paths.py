@@ -13,7 +13,6 @@ from array import array
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from ._tree import remove_tree
 from ._unlink import SKIP, pure_unlinkat_many, unlinkat_many, use_compiled
 
 _PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
@@ -170,11 +169,6 @@ def split(path: str | bytes) -> tuple[str, str]:
         if name in ("", ".", ".."):
             parent, name = os.path.split(os.path.realpath(p))
     return parent, name
-
-
-def remove_tree_confined(path: str | bytes, roots: Roots | None, busy_timeout: float = 0.0) -> None:
-    """Remove the tree at ``path``, inside ``roots`` if given (see ``_tree.remove_tree``)."""
-    remove_tree(path, roots, busy_timeout)
 
 
 class FileJob(Protocol):

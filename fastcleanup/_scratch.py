@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING
 
 from . import _lifecycle
 from ._batch import EXIT_RUNNERS
-from ._paths import Roots, remove_tree_confined
+from ._paths import Roots
 from ._sweep import Counter, close_fds, create, key_of, sweep_sync
 from ._tasks import current_executor
+from ._tree import remove_tree
 
 if TYPE_CHECKING:
     from ._cleaner import Cleaner
@@ -315,7 +316,7 @@ def _release(path: str, base: str, fd: int) -> None:
     """Remove ``path`` under ``base``, then close its lock ``fd`` (none if negative)."""
     try:
         if os.path.isdir(base):  # else it went, and our directory with it
-            remove_tree_confined(path, Roots([base]))
+            remove_tree(path, Roots([base]))
     finally:
         if fd >= 0:
             os.close(fd)

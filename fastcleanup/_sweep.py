@@ -44,7 +44,8 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from ._paths import Roots, remove_tree_confined
+from ._paths import Roots
+from ._tree import remove_tree
 
 __all__ = [
     "GRACE",
@@ -213,7 +214,7 @@ def sweep_sync(base: str, count: Counter, own: frozenset[str] = frozenset()) -> 
             dead, fds = claimed
             try:
                 files = _count_files(base_fd, dead)
-                remove_tree_confined(os.path.join(base, dead), roots)
+                remove_tree(os.path.join(base, dead), roots)
             except OSError as exc:
                 errors.append(exc)
             else:
