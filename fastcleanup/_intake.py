@@ -47,9 +47,8 @@ __all__ = [
 
 # Slots of Intake._hot (both builds of submit spell them as literals).
 PUT, IDLE, WAKE, PARENT, FOLLOW = 0, 1, 2, 3, 4
-FILES: Final = (
-    "remove_file"  # the kind of a batch of plain file removals, which runs no code of ours
-)
+# The kind of a batch of plain file removals, which runs no code of ours.
+FILES: Final = "remove_file"
 
 
 def submitter(hot: list[Any]) -> Callable[[CleanupTask], None]:
