@@ -38,7 +38,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from playwright.async_api import Browser, BrowserContext, Playwright, async_playwright
+try:
+    from playwright.async_api import Browser, BrowserContext, Playwright, async_playwright
+except ModuleNotFoundError as exc:
+    if exc.name is None or exc.name.split(".")[0] != "playwright":
+        raise
+    raise ModuleNotFoundError(
+        "fastcleanup.playwright needs Playwright: pip install 'fastcleanup[playwright]' "
+        "(and a Chromium: apt-get install chromium)",
+        name=exc.name,
+    ) from exc
 
 import fastcleanup as fc
 
