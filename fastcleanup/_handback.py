@@ -57,6 +57,25 @@ class Handback(Dispatcher):
             time.sleep(0.001)
         return self._dispatcher_loop is not loop
 
+    def _await_live_batches(self, deadline: float) -> None:
+        """Wait, up to ``deadline``, for the batches a loop in another thread still runs.
+
+        That loop is alive (only its dispatcher was stopped) and goes on with
+        them; returning at once would let the process end under them, their
+        files left on disk and their tasks never counted.
+        """
+        live = [b for b in list(self._batches) if b.loop.is_running()]
+        while live and time.monotonic() < deadline:
+            time.sleep(0.001)
+            live = [b for b in live if b in self._batches]
+        if live:
+            logger.warning(
+                "fastcleanup: cleaner %s left %d task(s) still running on a loop in another "
+                "thread at exit (exit_timeout reached)",
+                self._name,
+                sum(len(b.unfinished()) for b in live),
+            )
+
     def _run_at_exit(self, deadline: float) -> None:
         """Run queued file and tree removals synchronously; count the rest as dropped.
 
@@ -66,6 +85,7 @@ class Handback(Dispatcher):
         self._hot[PUT] = self._refuse
         if not self._stop_live_dispatcher(deadline):
             return  # a loop in another thread still owns the queue: leave it be
+        self._await_live_batches(deadline)
         for batch in list(self._batches):
             if not batch.loop.is_running():
                 self._requeue(batch)

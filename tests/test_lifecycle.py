@@ -402,6 +402,84 @@ def test_forked_child_starts_clean(
 
 
 @pytest.mark.timeout(60)
+def test_exit_waits_for_the_cleanups_a_live_loop_in_another_thread_runs(scratch: Path) -> None:
+    """In flight on a loop that outlives the main thread: finished and counted before the end."""
+    tree = scratch / "profile"
+    tree.mkdir()
+    make_files(tree, 500)
+    proc = run_script(
+        LIVE_LOOP
+        + textwrap.dedent(
+            """
+            async def settle():  # a browser's exit, say: the removal waits for it
+                await asyncio.sleep(0.5)
+
+            fc.submit(fc.InOrder(fc.Call(settle), fc.RemoveTree(sys.argv[1])))
+            while fc.stats().in_flight == 0:
+                time.sleep(0.001)
+            """
+        ),
+        str(tree),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[:4] == ["2", "0", "0", "0"]  # completed, failed, dropped, in flight
+    assert not tree.exists()
+
+
+@pytest.mark.timeout(60)
+def test_exit_waits_for_a_live_loop_in_another_thread_no_longer_than_exit_timeout() -> None:
+    proc = run_script(
+        LIVE_LOOP
+        + textwrap.dedent(
+            """
+            async def hang():
+                await asyncio.Event().wait()
+
+            fc.submit(fc.Call(hang))
+            while fc.stats().in_flight == 0:
+                time.sleep(0.001)
+            atexit.register(lambda: print(time.monotonic(), end=" "))  # runs before fastcleanup's
+            """
+        ),
+        "exit_timeout=0.5",
+    )
+    assert proc.returncode == 0, proc.stderr
+    began, completed, failed, dropped, in_flight, ended = map(float, proc.stdout.split())
+    assert (completed, failed, dropped, in_flight) == (0, 0, 0, 1)
+    assert 0.4 < ended - began < 5  # waited for it, then gave up at exit_timeout
+    assert "1 task(s) still running on a loop in another thread at exit" in proc.stderr
+
+
+# A loop serving in a daemon thread, as when the main thread ends first; the
+# last line of the output is the default cleaner's stats after its exit work.
+LIVE_LOOP = textwrap.dedent(
+    """
+    import asyncio, atexit, os, sys, threading, time
+
+    def report():  # registered first, so it runs after fastcleanup's exit work
+        s = fc.stats()
+        print(s.completed, s.failed, s.dropped_at_exit, s.in_flight, time.monotonic())
+
+    atexit.register(report)
+    import fastcleanup as fc
+
+    if sys.argv[1].startswith("exit_timeout="):
+        fc.configure(exit_timeout=float(sys.argv[1].partition("=")[2]), task_timeout=60)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    async def serve():
+        fc.init_worker()
+        started.set()
+        await asyncio.Event().wait()
+
+    threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True).start()
+    started.wait(10)
+    """
+)
+
+
+@pytest.mark.timeout(60)
 def test_exit_with_a_loop_alive_in_a_daemon_thread(scratch: Path) -> None:
     """The loop still runs in a background thread at exit: it is stopped, the queue is run."""
     make_files(scratch, 2_000)
