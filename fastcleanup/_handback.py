@@ -57,24 +57,35 @@ class Handback(Dispatcher):
             time.sleep(0.001)
         return self._dispatcher_loop is not loop
 
-    def _await_live_batches(self, deadline: float) -> None:
-        """Wait, up to ``deadline``, for the batches a loop in another thread still runs.
+    def _await_live_batches(self, deadline: float) -> bool:
+        """Let a loop alive in another thread finish its batches; True if one ran past ``deadline``.
 
-        That loop is alive (only its dispatcher was stopped) and goes on with
-        them; returning at once would let the process end under them, their
-        files left on disk and their tasks never counted.
+        That loop (a daemon thread's: the interpreter joined the others) goes
+        on with what it has in flight, its dispatcher alone stopped; leaving
+        at once would let the process end under it, its files left on disk
+        and its tasks never counted. Past the deadline its batches are
+        cancelled as a dying loop's are, and hand back what they did not finish.
         """
         live = [b for b in list(self._batches) if b.loop.is_running()]
         while live and time.monotonic() < deadline:
             time.sleep(0.001)
             live = [b for b in live if b in self._batches]
-        if live:
-            logger.warning(
-                "fastcleanup: cleaner %s left %d task(s) still running on a loop in another "
-                "thread at exit (exit_timeout reached)",
-                self._name,
-                sum(len(b.unfinished()) for b in live),
-            )
+        if not live:
+            return False
+        for loop in {b.loop for b in live}:
+            try:
+                loop.call_soon_threadsafe(self._cancel_batches_of, loop)
+            except RuntimeError:
+                pass  # closed meanwhile
+        until = time.monotonic() + 1.0
+        while any(b in self._batches for b in live) and time.monotonic() < until:
+            time.sleep(0.001)
+        return True
+
+    def _cancel_batches_of(self, loop: asyncio.AbstractEventLoop) -> None:
+        for batch in list(self._batches):
+            if batch.loop is loop and batch.worker is not None:
+                batch.worker.cancel()
 
     def _run_at_exit(self, deadline: float) -> None:
         """Run queued file and tree removals synchronously; count the rest as dropped.
@@ -85,12 +96,27 @@ class Handback(Dispatcher):
         self._hot[PUT] = self._refuse
         if not self._stop_live_dispatcher(deadline):
             return  # a loop in another thread still owns the queue: leave it be
-        self._await_live_batches(deadline)
         for batch in list(self._batches):
             if not batch.loop.is_running():
                 self._requeue(batch)
-        tally, take = self._tally, self._queue.popleft
         dropped: dict[str, int] = {}
+        self._run_queue(deadline, dropped)
+        if self._await_live_batches(deadline):
+            self._run_queue(deadline, dropped)  # what they handed back, past the deadline
+        FAILURES.flush()  # no loop will end the interval: say now what was left out
+        if dropped:
+            # Once per cleaner, not per task: at exit this line may be the only
+            # trace, as no scrape may come before the process is gone.
+            logger.warning(
+                "fastcleanup: cleaner %s dropped %d queued task(s) at exit, unrun: %s",
+                self._name,
+                sum(dropped.values()),
+                ", ".join(f"{kind} {n}" for kind, n in sorted(dropped.items())),
+            )
+
+    def _run_queue(self, deadline: float, dropped: dict[str, int]) -> None:
+        """Run the queued removals until ``deadline``; count the rest in ``dropped`` by kind."""
+        tally, take = self._tally, self._queue.popleft
         while self._queue:
             self._seq += 1
             try:
@@ -132,13 +158,3 @@ class Handback(Dispatcher):
             else:
                 tally.drop_at_exit(kind)
                 dropped[kind] = dropped.get(kind, 0) + 1
-        FAILURES.flush()  # no loop will end the interval: say now what was left out
-        if dropped:
-            # Once per cleaner, not per task: at exit this line may be the only
-            # trace, as no scrape may come before the process is gone.
-            logger.warning(
-                "fastcleanup: cleaner %s dropped %d queued task(s) at exit, unrun: %s",
-                self._name,
-                sum(dropped.values()),
-                ", ".join(f"{kind} {n}" for kind, n in sorted(dropped.items())),
-            )
