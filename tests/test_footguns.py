@@ -272,5 +272,5 @@ def test_the_messages_readme_quotes_are_the_ones_emitted(
     assert_says(no_loop, refused.value)
     for call in CALL_BUILDS:
         with pytest.raises(TypeError) as synchronous:
-            call(plain, [])
+            call(plain, [])  # type: ignore[arg-type]
         assert_says(sync_call, synchronous.value)
