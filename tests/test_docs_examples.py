@@ -117,6 +117,9 @@ def test_readme_gives_two_commands_and_ci_runs_the_same_tests() -> None:
     assert commands == ["$ .venv/bin/python -m examples.demo", "$ .venv/bin/python -m pytest"]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert ".venv/bin/python -m pytest" in ci
+    # "what CI runs, after ruff and mypy"
+    tests = ci.index(".venv/bin/python -m pytest")
+    assert ci.index(".venv/bin/ruff check .") < tests and ci.index(".venv/bin/mypy") < tests
 
 
 def test_the_quick_start_prints_the_stats_its_comment_shows(tmp_path: Path) -> None:
