@@ -39,23 +39,39 @@ class Handback(Dispatcher):
             self._requeue(batch)
 
     def _stop_live_dispatcher(self, deadline: float) -> bool:
-        """Stop a dispatcher still running in another thread; True once none runs.
+        """Stop a dispatcher still running in another thread, and its batches;
+        True once neither runs.
 
         Only one consumer may pop the queue at a time: the dispatcher takes a
         batch by popping in C, and a second consumer could empty the queue
-        between its length check and its pops.
+        between its length check and its pops. The batches in flight are
+        cancelled as a dying loop's are, and so hand back what they did not
+        finish: a loop still running at exit is in a daemon thread (the
+        interpreter joined the others first), which dies with the process,
+        and what it held would be left in flight, neither run nor counted.
         """
         loop, task = self._dispatcher_loop, self._dispatcher
         if loop is None or task is None or loop.is_closed() or not loop.is_running():
             return True
         try:
-            loop.call_soon_threadsafe(task.cancel)
+            loop.call_soon_threadsafe(self._cancel_on, loop, task)
         except RuntimeError:
             return True  # closed meanwhile
         until = min(deadline, time.monotonic() + 1.0)
-        while self._dispatcher_loop is loop and time.monotonic() < until:
+        while self._runs_on(loop) and time.monotonic() < until:
             time.sleep(0.001)
-        return self._dispatcher_loop is not loop
+        return not self._runs_on(loop)
+
+    def _cancel_on(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[None]) -> None:
+        """On ``loop``'s thread: cancel the dispatcher and the workers of its batches."""
+        task.cancel()
+        for batch in list(self._batches):
+            if batch.loop is loop and batch.worker is not None:
+                batch.worker.cancel()
+
+    def _runs_on(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether the dispatcher, or a batch, still runs on ``loop``."""
+        return self._dispatcher_loop is loop or any(b.loop is loop for b in list(self._batches))
 
     def _run_at_exit(self, deadline: float) -> None:
         """Run queued file and tree removals synchronously; count the rest as dropped.
