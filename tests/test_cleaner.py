@@ -428,19 +428,29 @@ async def test_a_burst_wakes_the_sleeping_dispatcher_once(
     await cleaner.shutdown()
 
 
-async def test_tasks_of_a_batch_run_concurrently(make_cleaner: MakeCleaner) -> None:
-    """64 parties on one barrier can only all pass if the batch runs them at once."""
+class Party:
+    """A resource whose ``aclose()`` waits on a barrier with the others."""
+
+    def __init__(self, barrier: asyncio.Barrier, passed: list[int], i: int) -> None:
+        self.barrier, self.passed, self.i = barrier, passed, i
+
+    async def aclose(self) -> None:
+        await self.barrier.wait()
+        self.passed.append(self.i)
+
+
+@pytest.mark.parametrize("kind", ["call", "aclose"])
+async def test_tasks_of_a_batch_run_concurrently(make_cleaner: MakeCleaner, kind: str) -> None:
+    """64 parties on one barrier can only all pass if the batch runs them at once:
+    cleanups, and resources closed (README: "closes resources concurrently")."""
     cleaner = make_cleaner(batch_size=64, task_timeout=5)
     cleaner.init_worker()
     barrier = asyncio.Barrier(64)
     passed: list[int] = []
 
-    async def party(i: int) -> None:
-        await barrier.wait()
-        passed.append(i)
-
     for i in range(64):
-        cleaner.submit(fc.Call(party, i))
+        party = Party(barrier, passed, i)
+        cleaner.submit(fc.Call(party.aclose) if kind == "call" else fc.AClose(party))
     assert await cleaner.drain(timeout=10)
     assert len(passed) == 64
     assert cleaner.stats().failed == 0

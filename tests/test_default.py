@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 import fastcleanup as fc
-from fastcleanup._default import _SLOTS, default_cleaner
+from fastcleanup._default import _SLOTS, Settings, default_cleaner
 from tests.helpers import make_files
 
 
@@ -75,6 +76,11 @@ def test_configure_checks_as_the_cleaner_does(settings: dict[str, Any]) -> None:
     with pytest.raises(type(by_cleaner.value), match="^" + re.escape(str(by_cleaner.value)) + "$"):
         fc.configure(**settings)
     assert saved == {slot: getattr(default_cleaner, slot) for slot in saved}  # nothing changed
+
+
+def test_configure_takes_the_cleaner_s_settings_but_registry_and_name() -> None:
+    settings = set(inspect.signature(fc.Cleaner).parameters) - {"registry", "name"}
+    assert set(_SLOTS) == set(Settings.__annotations__) == settings
 
 
 def test_configure_refuses_what_it_does_not_take() -> None:

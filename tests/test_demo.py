@@ -275,6 +275,18 @@ def chromium_label() -> str:
     return label
 
 
+def test_the_default_run_in_chromium_is_100_pages_2_sites_at_a_time() -> None:
+    """README: "in Chromium ... (100 pages, 2 sites at a time), else in a stand-in"."""
+    from examples.demo.browser_choice import STAND_IN, choose
+
+    chromium_label()
+    default, stand_in = _parser().parse_args([]), _parser().parse_args(["--browser", STAND_IN])
+    choose(default)
+    choose(stand_in)
+    assert (default.pages, default.concurrency) == (100, 2)
+    assert stand_in.browser_label == STAND_IN
+
+
 def test_demo_in_chromium_leaves_no_profile_and_no_browser(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -32,7 +32,7 @@ def batches_above(cleaner: fc.Cleaner, size: int) -> int:
 async def test_a_burst_of_files_goes_to_large_jobs(
     scratch: Path, make_cleaner: MakeCleaner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert FILE_BATCH == 1024  # what README promises: a burst goes in jobs of up to 1,024 files
+    assert FILE_BATCH == 1024  # docs/how/safety.md: a burst goes in jobs of up to 1,024 files
     classified: list[int] = []
 
     def counting(tasks: list[Any]) -> tuple[Any, str | None]:

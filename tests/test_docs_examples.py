@@ -80,19 +80,24 @@ def test_the_collector_finds_the_examples() -> None:
     assert all("```" not in example.code for example in EXAMPLES)
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e.id)
-def test_example_runs(example: Example, tmp_path: Path) -> None:
-    absent = [need for need in example.needs if missing(need)]
-    if absent:
-        pytest.skip(f"needs {', '.join(absent)}")
-    proc = subprocess.run(
+def run(example: Example, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``example`` alone in a fresh interpreter, from ``cwd``."""
+    return subprocess.run(
         [sys.executable, "-c", example.code],
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e.id)
+def test_example_runs(example: Example, tmp_path: Path) -> None:
+    absent = [need for need in example.needs if missing(need)]
+    if absent:
+        pytest.skip(f"needs {', '.join(absent)}")
+    proc = run(example, tmp_path)
     stderr = "" if example.logs else proc.stderr
     assert (proc.returncode, stderr) == (0, ""), f"{example.id}\n{proc.stdout}\n{proc.stderr}"
 
@@ -112,3 +117,15 @@ def test_readme_gives_two_commands_and_ci_runs_the_same_tests() -> None:
     assert commands == ["$ .venv/bin/python -m examples.demo", "$ .venv/bin/python -m pytest"]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert ".venv/bin/python -m pytest" in ci
+    # "what CI runs, after ruff and mypy"
+    tests = ci.index(".venv/bin/python -m pytest")
+    assert ci.index(".venv/bin/ruff check .") < tests and ci.index(".venv/bin/mypy") < tests
+
+
+def test_the_quick_start_prints_the_stats_its_comment_shows(tmp_path: Path) -> None:
+    quick = next(example for example in EXAMPLES if example.page.name == "README.md")
+    shown = re.search(r"^\s*print\(fc\.stats\(\)\)\s+# (Stats\(.*), \.\.\.\)$", quick.code, re.M)
+    assert shown is not None, quick.code
+    proc = run(quick, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(shown[1] + ", "), (shown[1], proc.stdout)

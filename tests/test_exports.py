@@ -38,3 +38,13 @@ def test_the_docs_state_the_real_defaults() -> None:
         assert inspect.signature(shutdown).parameters["timeout"].default == 10
     assert "fc.shutdown(timeout=10)" in guide
     assert "fc.shutdown(timeout=10)" in (root / "README.md").read_text(encoding="utf-8")
+
+
+def test_a_cleaner_has_the_default_cleaner_s_functions_as_methods() -> None:
+    """README: ``fc.Cleaner(...)`` is "an independent cleaner with the same methods"."""
+    cleaner = fc.Cleaner(registry=None)
+    for name in ("init_worker", "submit", "worker_inited", "drain", "shutdown", "stats"):
+        function, method = getattr(fc, name), getattr(cleaner, name)
+        assert inspect.iscoroutinefunction(function) == inspect.iscoroutinefunction(method), name
+        if name in ("drain", "shutdown", "stats"):  # the rest are the default cleaner's own
+            assert inspect.signature(function) == inspect.signature(method), name

@@ -5,11 +5,13 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import re
 import subprocess
 import sys
 import threading
 import types
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -241,3 +243,38 @@ async def test_call_accepts_what_is_async_and_runs_it(call: type[fc.Call], fn: A
     box: list[int] = []
     await call(fn, box).run()
     assert box == [1]
+
+
+def readme_messages() -> list[str]:
+    """The messages quoted in README's "When it goes wrong" table, in its order."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = readme.split("\n## When it goes wrong\n", 1)[1].split("\n## ", 1)[0]
+    seen = [row.split(" | ", 1)[0] for row in table.splitlines() if row.startswith("| ")]
+    quotes = [quote for cell in seen for quote in re.findall(r"`([^`]*)`", cell)]
+    return [quote for quote in quotes if " " in quote]  # messages, not names
+
+
+def assert_says(quoted: str, exc: BaseException) -> None:
+    """``exc`` is what ``quoted`` shows: its type, then its message ("..." for a prefix)."""
+    name, _, message = quoted.partition(": ")
+    assert type(exc).__name__ == name
+    if message.startswith("... "):
+        assert message.removeprefix("... ") in str(exc), (quoted, str(exc))
+    else:
+        assert str(exc).startswith(message), (quoted, str(exc))
+
+
+def test_the_messages_readme_quotes_are_the_ones_emitted(
+    records: Records, inline_threads: list[object]
+) -> None:
+    dropped, no_loop, sync_call = readme_messages()
+    fc.Cleaner(registry=None, name="quoted").submit(fc.RemoveFile("/nonexistent/fastcleanup"))
+    [record] = records.records
+    assert dropped in record.getMessage(), (dropped, record.getMessage())
+    with pytest.raises(RuntimeError) as refused:
+        fc.Cleaner(registry=None).init_worker()
+    assert_says(no_loop, refused.value)
+    for call in CALL_BUILDS:
+        with pytest.raises(TypeError) as synchronous:
+            call(plain, [])  # type: ignore[arg-type]
+        assert_says(sync_call, synchronous.value)

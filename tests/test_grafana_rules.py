@@ -323,14 +323,17 @@ def test_provisioned_datasource_is_the_dashboard_default() -> None:
 
 
 def test_every_failure_reason_is_explained_wherever_reasons_are_listed() -> None:
-    """The HELP text, the failure panel and the failure-ratio alert name each reason."""
+    """The HELP text, the failure panel, the failure-ratio alert and README name each reason."""
     from fastcleanup._export import _HELP
     from fastcleanup._worker import REASONS
 
     assert set(REASONS) == {"error", "timeout", "invalid", "refused", "busy"}
     (panel,) = [p for p in _panels() if p.get("title") == "Failure rate by task and reason"]
     ratio = _alert_blocks()["FastcleanupFailureRatioHigh"]
+    readme = (GRAFANA.parent / "README.md").read_text(encoding="utf-8")
+    (grows,) = [row for row in readme.splitlines() if row.startswith("| `fc.stats().failed` grows")]
     for reason in REASONS:
         assert f"{reason} (" in _HELP["failed"], reason
         assert f"{reason}: " in panel["description"], reason
         assert f'"{reason}"' in ratio, reason
+        assert f"(`{reason}`)" in grows, reason

@@ -99,6 +99,8 @@ async def test_staging_file_commits_on_success(scratch: Path, make_cleaner: Make
         await out.write(b"<html>")
         await out.write(b"</html>")
         assert not dest.exists()
+        [staged] = os.listdir(scratch)  # README: "a hidden file beside dest"
+        assert staged.startswith(".page.html.") and os.path.join(scratch, staged) == out.part
     assert dest.read_bytes() == b"<html></html>"
     assert out.committed and out.bytes_written == 13
     assert os.listdir(scratch) == ["page.html"]

@@ -721,7 +721,7 @@ for n in (31, 32, 1000, 1024):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="LD_PRELOAD and glibc")
 def test_a_job_yields_its_cpu_every_32_files(tmp_path: Path) -> None:
-    """README: every 32 files a lane thread yields its CPU, so a woken loop
+    """docs/benchmarks.md: every 32 files a lane thread yields its CPU, so a woken loop
     thread never waits long for one. sched_yield is counted by a shim
     preloaded into a child; the job runs in the child's thread, as a lane
     thread runs it."""

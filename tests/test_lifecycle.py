@@ -513,6 +513,52 @@ def test_exit_with_a_loop_alive_in_a_daemon_thread(scratch: Path) -> None:
     assert os.listdir(scratch) == []
 
 
+@pytest.mark.timeout(60)
+def test_exit_takes_back_what_a_loop_alive_in_a_daemon_thread_has_in_flight(
+    scratch: Path,
+) -> None:
+    """As from a dying loop: its files are removed, and an async cleanup it was
+    running is counted as dropped at exit and named, none left in flight."""
+    make_files(scratch, 2_000)
+    proc = run_script(
+        """
+        import asyncio, atexit, os, sys, threading, time
+
+        atexit.register(lambda: print(fc.stats()))  # runs after fastcleanup's exit work
+        import fastcleanup as fc
+
+        fc.configure(exit_timeout=1.0)  # how long exit waits for hang() before taking it back
+
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        async def hang():
+            await asyncio.Event().wait()
+
+        async def serve():
+            fc.init_worker()
+            fc.submit(fc.Call(hang))
+            for name in os.listdir(sys.argv[1]):
+                fc.submit(fc.RemoveFile(os.path.join(sys.argv[1], name)))
+            started.set()
+            await asyncio.Event().wait()
+
+        threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True).start()
+        started.wait(10)
+        while not fc.stats().in_flight:  # the loop's batches have started
+            time.sleep(0.001)
+        """,
+        str(scratch),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (
+        "Stats(submitted=2001, dropped_before_init=0, completed=2000, failed=0, "
+        "dropped_at_exit=1, queued=0, in_flight=0, swept=0)"
+    )
+    assert "dropped 1 queued task(s) at exit, unrun: call 1" in proc.stderr, proc.stderr
+    assert os.listdir(scratch) == []
+
+
 def test_shutdown_must_run_on_the_cleaners_loop(loop_kind: str, make_cleaner: MakeCleaner) -> None:
     import threading
 

@@ -122,6 +122,40 @@ def test_a_remove_file_path_is_checked_when_set_as_when_made() -> None:
     ]  # fmt: skip
 
 
+def test_the_pure_class_stores_any_path_and_that_task_alone_fails() -> None:
+    """A value that is no path fails its one task (EINVAL), counted once; the burst runs."""
+    out = run_build(
+        "pure",
+        """
+        import os, tempfile
+        import fastcleanup as fc
+
+        async def main():
+            where = tempfile.mkdtemp()
+            files = [os.path.join(where, f"f{k}") for k in range(2000)]
+            for path in files:
+                open(path, "w").close()
+            bad = fc.RemoveFile(os.path.join(where, "never-made"))
+            bad.path = 17  # stored as given: only the constructor checks
+            print(bad.path)
+            async with fc.Cleaner(registry=None) as cleaner:
+                for k, path in enumerate(files):
+                    cleaner.submit(fc.RemoveFile(path))
+                    if k == 1000:
+                        cleaner.submit(bad)
+                await cleaner.drain(30)
+            os.rmdir(where)  # every file of the burst is gone
+            s = cleaner.stats()
+            failed_by = cleaner._tally.failed_by.items()
+            print(s.completed, s.failed, *(f"{kind}/{why}={n}" for (kind, why), n in failed_by))
+
+        fc.run(main())
+        """,
+    )
+    assert assert_ran(out) == ["17", "2000", "1", "remove_file/error=1"]
+    assert "remove_file '17' failed: [Errno 22] Invalid argument" in out.stderr
+
+
 LEAK_ROUNDS = """
 import asyncio, gc, os, sys, tempfile
 import fastcleanup as fc

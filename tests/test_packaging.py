@@ -75,4 +75,8 @@ def test_the_metadata_states_licence_pythons_and_platform(sdist: tuple[Path, str
         "Typing :: Typed",
     } <= classifiers
     assert meta["Requires-Python"] == ">=3.11"
+    # README's build commands name the files of this version.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert tarball.name == f"fastcleanup-{meta['Version']}.tar.gz"
+    assert readme.count(f"dist/fastcleanup-{meta['Version']}-*.whl") == 2
     assert (ROOT / "LICENSE").read_text(encoding="utf-8").startswith("MIT License")

@@ -569,6 +569,23 @@ def test_the_failure_log_resumes_after_its_interval() -> None:
         logger.removeHandler(sink)
 
 
+def test_the_library_logs_at_most_100_failure_lines_a_minute() -> None:
+    """The bound docs/reliability.md states, on the ``fastcleanup`` logger."""
+    handler = logging.StreamHandler(stream := _Lines())
+    logger = logging.getLogger("fastcleanup")
+    logger.addHandler(handler)
+    try:
+        for k in range(150):  # well within a minute
+            _log.FAILURES.warning("failure %d", k)
+        _log.FAILURES.flush()
+    finally:
+        logger.removeHandler(handler)
+    assert stream.lines == [f"failure {k}" for k in range(100)] + [
+        "50 more failure(s) not logged one by one: at most 100 lines per 60 s "
+        "(the failed_total counters hold them all)"
+    ]
+
+
 # -- size ---------------------------------------------------------------------------------
 
 
