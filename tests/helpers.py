@@ -6,6 +6,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import fastcleanup as fc
@@ -48,3 +49,12 @@ def listed_options(parser: argparse.ArgumentParser) -> list[str]:
         if action.help != argparse.SUPPRESS
         for option in action.option_strings
     ]
+
+
+def hold_the_gil(seconds: float) -> None:
+    """Keep the GIL for about ``seconds``: sum() over a range runs in C and never lets go."""
+    start = time.perf_counter()
+    n = 1_000_000
+    sum(range(n))
+    rate = n / max(time.perf_counter() - start, 1e-9)
+    sum(range(int(rate * seconds)))

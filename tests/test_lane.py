@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 import fastcleanup as fc
 from fastcleanup import _lane, _tasks, _unlink
 from fastcleanup._paths import Roots, UnlinkJob
+from tests.helpers import hold_the_gil
 
 try:
     from fastcleanup import _cbulk
@@ -520,15 +521,6 @@ def test_a_closed_pool_still_runs_what_was_queued(scratch: Path) -> None:
     assert len(pool.completed()) == 3
 
 
-def _hold_the_gil(seconds: float) -> None:
-    """Keep the GIL for about ``seconds``: sum() over a range runs in C and never lets go."""
-    start = time.perf_counter()
-    n = 1_000_000
-    sum(range(n))
-    rate = n / max(time.perf_counter() - start, 1e-9)
-    sum(range(int(rate * seconds)))
-
-
 def test_the_lane_unlinks_while_the_loop_thread_holds_the_gil(scratch: Path) -> None:
     """The whole point of the lane: its threads need no GIL to take, run or end a job.
 
@@ -544,7 +536,7 @@ def test_the_lane_unlinks_while_the_loop_thread_holds_the_gil(scratch: Path) -> 
         job = _lane.LaneJob(files, None)
         lane.start(job, loop.create_future())
         before = job.done
-        _hold_the_gil(0.5)
+        hold_the_gil(0.5)
         during = job.done - before
     finally:
         lane.close()

@@ -19,6 +19,7 @@ import pytest
 import fastcleanup as fc
 from fastcleanup import _log, _tree, _unlink
 from fastcleanup._paths import Refused, Roots
+from tests.helpers import hold_the_gil
 
 from .torture_helpers import LARGE
 
@@ -633,6 +634,39 @@ async def test_a_huge_directory_is_removed_with_the_loop_responsive(
     # The loop kept turning while the walk ran on another thread; the bound
     # is loose (a shared machine), the point is that the walk never held it.
     assert ticks >= 3 and gap < 0.5, (ticks, gap)
+
+
+def test_the_compiled_walk_runs_while_another_thread_holds_the_gil(
+    walk: Walk, scratch: Path
+) -> None:
+    """README: trees are walked "in C without the GIL". A walker thread starts
+    on 20,000 files in 20 directories and this thread takes the GIL at once
+    and keeps it for about a second: the C walk ends meanwhile, the pure twin
+    (which needs the GIL for every entry) is nowhere near done."""
+    _one_dir(scratch / "tree", 1_000)
+    for d in range(1, 20):
+        _one_dir(scratch / "tree" / f"d{d}", 1_000)
+    fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY)
+    started, results = threading.Event(), []
+
+    def walker() -> None:
+        started.set()  # this thread keeps the GIL until the walk lets it go
+        results.extend(walk([(fd, "tree")]))
+
+    thread = threading.Thread(target=walker)
+    thread.start()
+    try:
+        started.wait()  # returns once the walk has let the GIL go, or stepped aside
+        hold_the_gil(1.0)
+        gone = not os.path.lexists(scratch / "tree")  # the first call to let the GIL go
+    finally:
+        thread.join()
+        os.close(fd)
+    assert results == [(0, [], False, False)]
+    if walk is _tree.pure_walk_trees:
+        assert not gone  # the check would see the GIL's effect: the twin waited for it
+    else:
+        assert gone, "the compiled walk did not finish while the GIL was held"
 
 
 def test_shutil_cannot_remove_what_the_walker_can(scratch: Path) -> None:
