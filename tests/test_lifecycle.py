@@ -485,31 +485,23 @@ def test_exit_with_a_loop_alive_in_a_daemon_thread(scratch: Path) -> None:
     """The loop still runs in a background thread at exit: it is stopped, the queue is run."""
     make_files(scratch, 2_000)
     proc = run_script(
-        """
-        import asyncio, os, sys, threading
-        import fastcleanup as fc
-
-        loop = asyncio.new_event_loop()
-        started = threading.Event()
-
-        async def serve():
-            fc.init_worker()
-            started.set()
-            await asyncio.Event().wait()
-
-        threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True).start()
-        started.wait(10)
-        gate = threading.Event()
-        # Make the loop thread busy so the queue is still full when main exits.
-        loop.call_soon_threadsafe(gate.wait, 0.5)
-        for name in os.listdir(sys.argv[1]):
-            fc.submit(fc.RemoveFile(os.path.join(sys.argv[1], name)))
-        print(fc.stats().queued)
-        """,
+        LIVE_LOOP
+        + textwrap.dedent(
+            """
+            gate = threading.Event()
+            # Make the loop thread busy so the queue is still full when main exits.
+            loop.call_soon_threadsafe(gate.wait, 0.5)
+            for name in os.listdir(sys.argv[1]):
+                fc.submit(fc.RemoveFile(os.path.join(sys.argv[1], name)))
+            print(fc.stats().queued)
+            """
+        ),
         str(scratch),
     )
     assert proc.returncode == 0, proc.stderr
-    assert int(proc.stdout) > 0
+    queued, *counts, _ = proc.stdout.split()
+    assert int(queued) > 0
+    assert counts == ["2000", "0", "0", "0"]  # completed, failed, dropped, in flight
     assert os.listdir(scratch) == []
 
 
