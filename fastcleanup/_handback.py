@@ -78,8 +78,16 @@ class Handback(Dispatcher):
             except RuntimeError:
                 pass  # closed meanwhile
         until = time.monotonic() + 1.0
-        while any(b in self._batches for b in live) and time.monotonic() < until:
+        while live and time.monotonic() < until:
             time.sleep(0.001)
+            live = [b for b in live if b in self._batches]
+        if live:  # that loop is stuck in something else: its batches stay where they are
+            logger.warning(
+                "fastcleanup: cleaner %s left %d task(s) in flight at exit on a loop in "
+                "another thread that did not respond",
+                self._name,
+                sum(len(b.unfinished()) for b in live),
+            )
         return True
 
     def _cancel_batches_of(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -451,6 +451,29 @@ def test_exit_waits_for_a_live_loop_in_another_thread_no_longer_than_exit_timeou
     assert "dropped 1 queued task(s) at exit, unrun: call 1" in proc.stderr, proc.stderr
 
 
+@pytest.mark.timeout(60)
+def test_exit_names_what_it_leaves_on_a_live_loop_that_does_not_respond() -> None:
+    """A loop stuck in a blocking call cannot take its batches back: they are named."""
+    proc = run_script(
+        LIVE_LOOP
+        + textwrap.dedent(
+            """
+            async def stick():  # blocks its loop's thread, holding its batch in flight
+                await asyncio.sleep(0.05)
+                time.sleep(30)
+
+            fc.submit(fc.Call(stick))
+            while fc.stats().in_flight == 0:
+                time.sleep(0.001)
+            """
+        ),
+        "exit_timeout=0.3",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[:4] == ["0", "0", "0", "1"]  # completed, failed, dropped, in flight
+    assert "left 1 task(s) in flight at exit on a loop in another thread" in proc.stderr
+
+
 # A loop serving in a daemon thread, as when the main thread ends first; the
 # last line of the output is the default cleaner's stats after its exit work.
 LIVE_LOOP = textwrap.dedent(
