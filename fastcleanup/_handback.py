@@ -12,7 +12,7 @@ import asyncio
 import time
 
 from ._accounts import logger
-from ._batch import EXIT_RUNNERS, Requeued, sync_at_exit
+from ._batch import EXIT_RUNNERS, Batch, Requeued, sync_at_exit
 from ._dispatcher import Dispatcher
 from ._intake import PUT, State
 from ._log import FAILURES
@@ -66,10 +66,7 @@ class Handback(Dispatcher):
         and its tasks never counted. Past the deadline its batches are
         cancelled as a dying loop's are, and hand back what they did not finish.
         """
-        live = [b for b in list(self._batches) if b.loop.is_running()]
-        while live and time.monotonic() < deadline:
-            time.sleep(0.001)
-            live = [b for b in live if b in self._batches]
+        live = self._left_of([b for b in list(self._batches) if b.loop.is_running()], deadline)
         if not live:
             return False
         for loop in {b.loop for b in live}:
@@ -77,10 +74,7 @@ class Handback(Dispatcher):
                 loop.call_soon_threadsafe(self._cancel_batches_of, loop)
             except RuntimeError:
                 pass  # closed meanwhile
-        until = time.monotonic() + 1.0
-        while live and time.monotonic() < until:
-            time.sleep(0.001)
-            live = [b for b in live if b in self._batches]
+        live = self._left_of(live, time.monotonic() + 1.0)
         if live:  # that loop is stuck in something else: its batches stay where they are
             logger.warning(
                 "fastcleanup: cleaner %s left %d task(s) in flight at exit on a loop in "
@@ -89,6 +83,13 @@ class Handback(Dispatcher):
                 sum(len(b.unfinished()) for b in live),
             )
         return True
+
+    def _left_of(self, batches: list[Batch], until: float) -> list[Batch]:
+        """Those of ``batches`` still running at ``until``, or as soon as none is."""
+        while batches and time.monotonic() < until:
+            time.sleep(0.001)
+            batches = [b for b in batches if b in self._batches]
+        return batches
 
     def _cancel_batches_of(self, loop: asyncio.AbstractEventLoop) -> None:
         for batch in list(self._batches):

@@ -664,7 +664,7 @@ def test_the_compiled_walk_runs_while_another_thread_holds_the_gil(
         os.close(fd)
     assert results == [(0, [], False, False)]
     if walk is _tree.pure_walk_trees:
-        assert not gone  # the check would see the GIL's effect: the twin waited for it
+        assert not gone  # the hold did keep the GIL: the twin, which needs it, was stalled
     else:
         assert gone, "the compiled walk did not finish while the GIL was held"
 
